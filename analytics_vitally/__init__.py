@@ -1,0 +1,163 @@
+"""Send product data to Vitally's Analytics API, Segment-style.
+
+    import analytics_vitally as analytics
+    analytics.write_key = "..."      # the Analytics API token from Vitally
+    analytics.subdomain = "acme"     # for https://acme.vitally.io
+    analytics.track("32", "scored-goal", {"minute": 14})
+    analytics.flush()
+
+The module-level functions are thin proxies to a default ``Client`` made from
+the module-level settings at the first call; later changes to those settings
+do not reach it. Settings left as None fall back to ``VITALLY_WRITE_KEY``,
+``VITALLY_SUBDOMAIN`` and ``VITALLY_HOST``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+from typing import TYPE_CHECKING, Callable, Dict, Optional
+
+from .client import Client, Message, Result
+from .errors import (
+    AnalyticsError,
+    AuthenticationError,
+    ConfigurationError,
+    DeliveryError,
+    InvalidMessageError,
+    InvalidTypeError,
+)
+from .settings import SETTING_NAMES, ErrorCallback, Settings
+from .version import VERSION
+from .worker import Stats
+
+if TYPE_CHECKING:
+    from typing import Concatenate, ParamSpec, TypeVar
+
+    P = ParamSpec("P")
+    R = TypeVar("R")
+
+__version__ = VERSION
+
+# The settings of the default client (see Settings for each one's meaning).
+_defaults = Settings()
+write_key: Optional[str] = _defaults.write_key
+subdomain: Optional[str] = _defaults.subdomain
+host: Optional[str] = _defaults.host
+debug: bool = _defaults.debug
+log_handler: Optional[logging.Handler] = _defaults.log_handler
+on_error: Optional[ErrorCallback] = _defaults.on_error
+send: bool = _defaults.send
+sync_mode: bool = _defaults.sync_mode
+max_queue_size: int = _defaults.max_queue_size
+upload_size: int = _defaults.upload_size
+upload_interval: float = _defaults.upload_interval
+max_retries: int = _defaults.max_retries
+max_retry_time: float = _defaults.max_retry_time
+retry_wait: float = _defaults.retry_wait
+timeout: float = _defaults.timeout
+proxies: Optional[Dict[str, str]] = _defaults.proxies
+thread: int = _defaults.thread
+gzip: bool = _defaults.gzip
+max_batch_bytes: int = _defaults.max_batch_bytes
+exit_timeout: float = _defaults.exit_timeout
+
+_default_client: Optional[Client] = None
+_default_lock = threading.Lock()
+
+
+def default_client() -> Client:
+    """The client behind the module-level functions, made from the module's settings on first use."""
+    global _default_client
+    client = _default_client
+    if client is None:
+        with _default_lock:
+            if _default_client is None:
+                module = globals()
+                _default_client = Client(**{name: module[name] for name in SETTING_NAMES})
+            client = _default_client
+    return client
+
+
+def _proxy(method: Callable[Concatenate[Client, P], R]) -> Callable[P, R]:
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        return getattr(default_client(), method.__name__)(*args, **kwargs)  # type: ignore[no-any-return]
+
+    return call
+
+
+organization = _proxy(Client.organization)
+group = _proxy(Client.group)
+identify = _proxy(Client.identify)
+track = _proxy(Client.track)
+unlink = _proxy(Client.unlink)
+custom_object_instance = _proxy(Client.custom_object_instance)
+
+
+def flush(timeout: Optional[float] = None) -> bool:
+    """Wait until every message queued so far was sent or failed; False if ``timeout`` passed first.
+
+    analytics.flush(timeout=5)
+    """
+    return True if _default_client is None else _default_client.flush(timeout)
+
+
+def shutdown(timeout: Optional[float] = None) -> bool:
+    """Deliver what is queued and stop the default client's threads; False if ``timeout`` passed first.
+
+    analytics.shutdown(timeout=5)
+    """
+    return True if _default_client is None else _default_client.shutdown(timeout)
+
+
+def join() -> None:
+    """Deliver what is queued and stop the default client's threads.
+
+    analytics.join()
+    """
+    shutdown()
+
+
+def stats() -> Stats:
+    """The default client's counters (all zero before the first call).
+
+    analytics.stats().sent
+    """
+    return Stats() if _default_client is None else _default_client.stats()
+
+
+def _new_lock_in_child() -> None:
+    global _default_lock
+    _default_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
+
+__all__ = [
+    "AnalyticsError",
+    "AuthenticationError",
+    "Client",
+    "ConfigurationError",
+    "DeliveryError",
+    "InvalidMessageError",
+    "InvalidTypeError",
+    "Message",
+    "Result",
+    "Settings",
+    "Stats",
+    "custom_object_instance",
+    "default_client",
+    "flush",
+    "group",
+    "identify",
+    "join",
+    "organization",
+    "shutdown",
+    "stats",
+    "track",
+    "unlink",
+]

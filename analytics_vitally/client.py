@@ -1,0 +1,305 @@
+"""The client: one method per Vitally message type, and the delivery lifecycle."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import time
+import weakref
+from datetime import datetime
+from typing import Any, Dict, Optional, Tuple
+from uuid import UUID, uuid4
+
+from .encoding import encode, format_timestamp, now_timestamp
+from .errors import InvalidMessageError, InvalidTypeError
+from .messages import check, normalize_ids, parameter
+from .settings import Settings
+from .transport import Transport
+from .worker import Stats, Worker
+
+log = logging.getLogger("analytics_vitally")
+
+Message = Dict[str, Any]
+Result = Tuple[bool, Message]
+"""``(queued, message)``: whether the message was accepted, and the message as it goes on the wire."""
+
+_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+class Client:
+    """Sends messages to Vitally's Analytics API in batches from a background thread.
+
+        client = Client("my-token", subdomain="acme")
+        client.track("32", "scored-goal", {"minute": 14})
+        client.flush()
+
+    Settings are keyword arguments, the fields of ``Settings`` (see the README).
+    Every method checks its message at once and raises ``InvalidMessageError``
+    (a ``ValueError``) or ``InvalidTypeError`` (a ``TypeError``) naming the bad
+    parameter; nothing is queued then.
+    """
+
+    def __init__(self, write_key: Optional[str] = None, **settings: Any) -> None:
+        self.settings = Settings(write_key=write_key, **settings).resolved()
+        self._transport = Transport(self.settings)
+        self._worker = Worker(self._transport.deliver, self.settings)
+        self._max_message_bytes = self.settings.max_batch_bytes - 2
+        _configure_logging(self.settings)
+        _clients.add(self)
+
+    def __repr__(self) -> str:
+        target = self.settings.url if self.settings.send else "nowhere (send=False)"
+        return f"<analytics_vitally.Client sending to {target}>"
+
+    # One method per message type. ---------------------------------------------------
+
+    def organization(
+        self,
+        organization_id: Any,
+        traits: Optional[Message] = None,
+        *,
+        timestamp: Optional[datetime] = None,
+        message_id: Optional[str] = None,
+    ) -> Result:
+        """Send an ``organization`` message: create or update an organization's traits.
+
+        client.organization("org-1", {"name": "World Cup"})
+        """
+        return self._submit(
+            {"type": "organization", "organizationId": organization_id, "traits": _or_empty(traits)},
+            timestamp,
+            message_id,
+        )
+
+    def group(
+        self,
+        account_id: Any,
+        traits: Optional[Message] = None,
+        *,
+        organization_id: Any = None,
+        timestamp: Optional[datetime] = None,
+        message_id: Optional[str] = None,
+    ) -> Result:
+        """Send an ``account`` message: create or update an account, optionally in an organization.
+
+        client.group("acct-1", {"name": "Argentina"}, organization_id="org-1")
+        """
+        return self._submit(
+            {
+                "type": "account",
+                "accountId": account_id,
+                "organizationId": organization_id,
+                "traits": _or_empty(traits),
+            },
+            timestamp,
+            message_id,
+        )
+
+    def identify(
+        self,
+        user_id: Any,
+        traits: Optional[Message] = None,
+        *,
+        account_id: Any = None,
+        organization_id: Any = None,
+        timestamp: Optional[datetime] = None,
+        message_id: Optional[str] = None,
+    ) -> Result:
+        """Send a ``user`` message: a user's traits, and the account or organization they belong to.
+
+        client.identify("32", {"name": "Lionel Messi"}, account_id="acct-1")
+        """
+        return self._submit(
+            {
+                "type": "user",
+                "userId": user_id,
+                "accountId": account_id,
+                "organizationId": organization_id,
+                "traits": _or_empty(traits),
+            },
+            timestamp,
+            message_id,
+        )
+
+    def track(
+        self,
+        user_id: Any = None,
+        event: Optional[str] = None,
+        properties: Optional[Message] = None,
+        *,
+        account_id: Any = None,
+        organization_id: Any = None,
+        timestamp: Optional[datetime] = None,
+        message_id: Optional[str] = None,
+    ) -> Result:
+        """Send a ``track`` message: an event a user (or an account, or an organization) did.
+
+        client.track("32", "scored-goal", {"minute": 14})
+        client.track(None, "plan-renewed", account_id="acct-1")
+        """
+        return self._submit(
+            {
+                "type": "track",
+                "userId": user_id,
+                "accountId": account_id,
+                "organizationId": organization_id,
+                "event": event,
+                "properties": _or_empty(properties),
+            },
+            timestamp,
+            message_id,
+        )
+
+    def unlink(
+        self,
+        user_id: Any,
+        account_id: Any,
+        *,
+        timestamp: Optional[datetime] = None,
+        message_id: Optional[str] = None,
+    ) -> Result:
+        """Send an ``unlink`` message: remove a user from an account.
+
+        client.unlink("32", "acct-1")
+        """
+        return self._submit({"type": "unlink", "userId": user_id, "accountId": account_id}, timestamp, message_id)
+
+    def custom_object_instance(
+        self,
+        external_id: Any,
+        custom_object_id: Any,
+        traits: Optional[Message] = None,
+        *,
+        name: Optional[str] = None,
+        account_id: Any = None,
+        organization_id: Any = None,
+        timestamp: Optional[datetime] = None,
+        message_id: Optional[str] = None,
+    ) -> Result:
+        """Send a ``customobjectinstance`` message: a record of a custom object (a deal, say).
+
+        client.custom_object_instance("deal-9", "co-123", {"stage": "won"}, name="Q1", account_id="acct-1")
+        """
+        return self._submit(
+            {
+                "type": "customobjectinstance",
+                "externalId": external_id,
+                "customObjectId": custom_object_id,
+                "name": name,
+                "accountId": account_id,
+                "organizationId": organization_id,
+                "traits": _or_empty(traits),
+            },
+            timestamp,
+            message_id,
+        )
+
+    def _submit(self, fields: Message, timestamp: Optional[datetime], message_id: Optional[str]) -> Result:
+        message = {key: value for key, value in fields.items() if value is not None}
+        message["messageId"] = str(uuid4()) if message_id is None else _message_id(message_id)
+        message["timestamp"] = now_timestamp() if timestamp is None else _timestamp(timestamp)
+        normalize_ids(message)
+        check(message, parameter)
+        data = encode(message, parameter)
+        if len(data) > self._max_message_bytes:
+            raise InvalidMessageError(
+                "message",
+                f"is {len(data)} bytes as JSON, more than max_batch_bytes={self.settings.max_batch_bytes} allows",
+            )
+        if not self.settings.send:
+            return True, message
+        if self.settings.sync_mode:
+            return self._worker.deliver_now(data), message
+        return self._worker.put(data), message
+
+    # Lifecycle. -----------------------------------------------------------------------
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every message queued before the call was sent or failed for good.
+
+        Returns False if ``timeout`` seconds passed first.
+
+            client.flush(timeout=5)
+        """
+        return self._worker.flush(timeout)
+
+    def shutdown(self, timeout: Optional[float] = None) -> bool:
+        """Deliver what is queued, then stop the worker threads; False if ``timeout`` passed first.
+
+        Messages still undelivered after the timeout fail at once and go to on_error.
+        The client can be used again afterwards: its threads start on the next message.
+
+            client.shutdown(timeout=5)
+        """
+        drained = self._worker.shutdown(timeout)
+        if not drained:
+            self._transport.abort()
+        return drained
+
+    def join(self) -> None:
+        """Deliver what is queued and stop the worker threads (``shutdown()`` without a timeout)."""
+        self.shutdown()
+
+    def stats(self) -> Stats:
+        """A snapshot of the counters: enqueued, sent, failed, dropped, retried, batches, queue_depth."""
+        return self._worker.stats()
+
+    def _after_fork_in_child(self) -> None:
+        self._worker.reset_after_fork()
+        self._transport.reset_after_fork()
+
+
+def _or_empty(value: Optional[Message]) -> Message:
+    return {} if value is None else value
+
+
+def _message_id(value: Any) -> str:
+    if isinstance(value, UUID):
+        return str(value)
+    if not isinstance(value, str):
+        raise InvalidTypeError("message_id", f"must be a string, not {type(value).__name__}")
+    return value
+
+
+def _timestamp(value: Any) -> str:
+    if not isinstance(value, datetime):
+        raise InvalidTypeError(
+            "timestamp", f"must be a datetime, not {type(value).__name__} (naive datetimes are taken as UTC)"
+        )
+    return format_timestamp(value)
+
+
+def _configure_logging(settings: Settings) -> None:
+    if settings.log_handler is not None and settings.log_handler not in log.handlers:
+        log.addHandler(settings.log_handler)
+    if settings.debug:
+        log.setLevel(logging.DEBUG)
+        if not log.handlers and not logging.getLogger().handlers:
+            log.addHandler(logging.StreamHandler())
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_clients):
+        client._after_fork_in_child()
+
+
+def _drain_at_exit() -> None:
+    clients = list(_clients)
+    if not clients:
+        return
+    deadline = time.monotonic() + max(client.settings.exit_timeout for client in clients)
+    for client in clients:
+        if not client.shutdown(max(0.0, deadline - time.monotonic())):
+            log.warning(
+                "%d message(s) still queued at exit after exit_timeout=%ss; they are lost",
+                client.stats().queue_depth,
+                client.settings.exit_timeout,
+            )
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_drain_at_exit)
+
+__all__ = ["Client", "Message", "Result"]

@@ -1,0 +1,182 @@
+"""Vitally's message rules, written once.
+
+The client, the importer and the local receiver all check messages with
+``problems()`` against ``RULES``, the one table of message types and their
+fields (from Vitally's Analytics API pages: Batch, Account, User, Track,
+Unlink, Organization, Custom Object Instances).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from .errors import InvalidMessageError, InvalidTypeError
+
+MAX_BATCH_MESSAGES = 100
+"""Vitally's documented maximum number of messages in one batch request."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The fields one message type takes, by their wire names."""
+
+    ids: tuple[str, ...] = ()
+    """ID fields that must be present."""
+    one_of: tuple[str, ...] = ()
+    """ID fields of which at least one must be present."""
+    one_of_hint: str = ""
+    """What to tell a caller who gave none of ``one_of``."""
+    optional_ids: tuple[str, ...] = ()
+    objects: tuple[str, ...] = ()
+    """Object fields that must be present (``{}`` is fine)."""
+    optional_objects: tuple[str, ...] = ()
+    strings: tuple[str, ...] = ()
+    """Non-empty string fields that must be present."""
+    optional_strings: tuple[str, ...] = ()
+
+    @property
+    def all_ids(self) -> tuple[str, ...]:
+        return self.ids + self.one_of + self.optional_ids
+
+    @property
+    def fields(self) -> frozenset[str]:
+        return frozenset(
+            (
+                "type",
+                "messageId",
+                "timestamp",
+                *self.all_ids,
+                *self.objects,
+                *self.optional_objects,
+                *self.strings,
+                *self.optional_strings,
+            )
+        )
+
+
+RULES: dict[str, Rule] = {
+    "organization": Rule(ids=("organizationId",), optional_objects=("traits",)),
+    "account": Rule(ids=("accountId",), optional_ids=("organizationId",), optional_objects=("traits",)),
+    "user": Rule(
+        ids=("userId",),
+        one_of=("accountId", "organizationId"),
+        one_of_hint="pass the account the user belongs to, or their organization",
+        objects=("traits",),
+    ),
+    "track": Rule(
+        strings=("event",),
+        objects=("properties",),
+        one_of=("userId", "accountId", "organizationId"),
+        one_of_hint="say whose event it is",
+    ),
+    "unlink": Rule(ids=("userId", "accountId")),
+    "customobjectinstance": Rule(
+        ids=("externalId", "customObjectId"),
+        one_of=("accountId", "organizationId"),
+        one_of_hint="pass the account or organization the record belongs to",
+        objects=("traits",),
+        optional_strings=("name",),
+    ),
+}
+"""Every message type Vitally takes, and its fields."""
+
+_FIELDS = {kind: rule.fields for kind, rule in RULES.items()}
+
+_PARAMETERS = {
+    "userId": "user_id",
+    "accountId": "account_id",
+    "organizationId": "organization_id",
+    "externalId": "external_id",
+    "customObjectId": "custom_object_id",
+    "messageId": "message_id",
+}
+
+
+def parameter(field: str) -> str:
+    """The Python parameter that sets wire field ``field`` (``userId`` -> ``user_id``)."""
+    return _PARAMETERS.get(field, field)
+
+
+def _same(field: str) -> str:
+    return field
+
+
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]00:?00)\Z")
+
+
+def normalize_ids(message: dict[str, Any]) -> None:
+    """Turn integer IDs into strings, in place (older Vitally pages allowed numbers)."""
+    rule = RULES.get(message.get("type"))  # type: ignore[arg-type]
+    if rule is not None:
+        for field in rule.all_ids:
+            if type(message.get(field)) is int:
+                message[field] = str(message[field])
+
+
+def problems(message: Any, name: Callable[[str], str] = _same) -> Iterator[InvalidMessageError]:
+    """Every way ``message`` (a wire-format dict) breaks Vitally's rules.
+
+    ``name`` turns a wire field name into the name the errors should use.
+    """
+    if not isinstance(message, dict):
+        yield InvalidTypeError("message", "must be a JSON object")
+        return
+    kind = message.get("type")
+    if not isinstance(kind, str) or kind not in RULES:
+        yield InvalidMessageError("type", f"must be one of {', '.join(RULES)}, not {kind!r}")
+        return
+    rule = RULES[kind]
+    required = f"is required for a {kind} message"
+    for field in rule.ids:
+        if field not in message:
+            yield InvalidMessageError(name(field), required)
+    if rule.one_of and not any(field in message for field in rule.one_of):
+        first, *others = [name(field) for field in rule.one_of]
+        yield InvalidMessageError(first, f"or {' or '.join(others)} {required}: {rule.one_of_hint}")
+    for field in rule.all_ids + rule.strings:
+        value = message.get(field, ...)
+        if value is ...:
+            if field in rule.strings:
+                yield InvalidMessageError(name(field), required)
+        elif not isinstance(value, str):
+            yield InvalidTypeError(name(field), f"must be a string, not {type(value).__name__}")
+        elif not value:
+            yield InvalidMessageError(name(field), "must not be empty")
+    for field in rule.optional_strings:
+        value = message.get(field)
+        if value is not None and not isinstance(value, str):
+            yield InvalidTypeError(name(field), f"must be a string, not {type(value).__name__}")
+    for field in rule.objects + rule.optional_objects:
+        value = message.get(field)
+        if value is None:
+            if field in rule.objects:
+                yield InvalidMessageError(name(field), f"{required} (it may be {{}})")
+        elif not isinstance(value, dict):
+            yield InvalidTypeError(name(field), f"must be a dict, not {type(value).__name__}")
+    yield from _common_problems(message, name)
+    for field in sorted(message.keys() - _FIELDS[kind]):
+        yield InvalidMessageError(str(field), f"is not a field of a {kind} message")
+
+
+def _common_problems(message: dict[str, Any], name: Callable[[str], str]) -> Iterator[InvalidMessageError]:
+    message_id = message.get("messageId")
+    timestamp = message.get("timestamp")
+    if message_id is None and timestamp is None:
+        yield InvalidMessageError(name("messageId"), "or timestamp is required")
+    if message_id is not None and (not isinstance(message_id, str) or not message_id):
+        yield InvalidTypeError(name("messageId"), "must be a non-empty string")
+    if timestamp is not None and (not isinstance(timestamp, str) or not _TIMESTAMP.match(timestamp)):
+        yield InvalidMessageError(
+            name("timestamp"), f"must be ISO 8601 in UTC such as 2018-05-15T12:31:12.123Z, not {timestamp!r}"
+        )
+
+
+def check(message: dict[str, Any], name: Callable[[str], str] = _same) -> None:
+    """Raise the first of ``problems(message, name)``, if there is one."""
+    for problem in problems(message, name):
+        raise problem
+
+
+__all__ = ["MAX_BATCH_MESSAGES", "RULES", "Rule", "check", "normalize_ids", "parameter", "problems"]

@@ -1,0 +1,227 @@
+"""A local stand-in for Vitally's batch endpoint, for development and tests.
+
+    from analytics_vitally.testing import Receiver
+
+    with Receiver(token="test-token") as receiver:
+        client = Client("test-token", host=receiver.url)
+        client.track("32", "scored-goal")
+        client.flush()
+        assert receiver.messages[0]["event"] == "scored-goal"
+
+It answers like Vitally: 401 unless ``Authorization: Basic <token>``; 400 with a
+JSON body naming each problem (and the index of its message) unless the body is
+a JSON array of 1 to 100 messages that pass the library's own rules
+(``analytics_vitally.messages``); otherwise 200 ``{"message":"Success."}``.
+A 400 rejects the whole batch. ``GET /messages`` returns what it accepted.
+
+With pytest, the ``vitally_receiver`` fixture gives a started ``Receiver``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import IO, Any, Callable, Dict, List, Optional
+
+from .messages import MAX_BATCH_MESSAGES, problems
+from .settings import BATCH_PATH
+
+__all__ = ["Receiver", "Reply", "Request"]
+
+
+@dataclass
+class Request:
+    """One request as the receiver got it."""
+
+    method: str
+    path: str
+    headers: Dict[str, str]
+    body: bytes
+    messages: Optional[List[Any]] = None
+    """The decoded JSON array, when the body was one."""
+
+
+@dataclass
+class Reply:
+    """An answer a ``respond`` hook can give instead of the receiver's own."""
+
+    status: int = 200
+    body: Any = field(default_factory=lambda: {"message": "Success."})
+    headers: Dict[str, str] = field(default_factory=dict)
+    reset: bool = False
+    """Close the connection abruptly without answering."""
+    accept: bool = False
+    """Also record the batch's messages as accepted (a 2xx whose answer got lost, say)."""
+
+
+Respond = Callable[[Request], Optional[Reply]]
+
+
+class Receiver:
+    """A Vitally-compatible batch endpoint on 127.0.0.1; use it as a context manager.
+
+    ``respond(request)``, if given, runs first for every batch request: returning a
+    ``Reply`` answers with it (to inject faults), returning None lets the receiver
+    answer as Vitally would.
+    """
+
+    def __init__(
+        self,
+        token: str = "test-token",
+        *,
+        port: int = 0,
+        respond: Optional[Respond] = None,
+        save: Optional[IO[str]] = None,
+        echo: Optional[Callable[[Dict[str, Any]], None]] = None,
+    ) -> None:
+        self.token = token
+        self.respond = respond
+        self.messages: List[Dict[str, Any]] = []
+        """Every message accepted, in order (a retried message appears each time it was accepted)."""
+        self.requests: List[Request] = []
+        """Every request received, accepted or not."""
+        self._save = save
+        self._echo = echo
+        self._lock = threading.Condition()
+        self._server = _Server(("127.0.0.1", port), _Handler)
+        self._server.receiver = self
+        self._thread: Optional[threading.Thread] = None
+
+    def __repr__(self) -> str:
+        return f"<Receiver {self.url}: {len(self.messages)} messages>"
+
+    @property
+    def url(self) -> str:
+        """The base URL to give a client as ``host``."""
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> Receiver:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="vitally-receiver", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> Receiver:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> bool:
+        """Wait until at least ``count`` messages were accepted; False if ``timeout`` passed first."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while len(self.messages) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._lock.wait(remaining)
+        return True
+
+    def message_ids(self) -> List[str]:
+        """The messageId of every accepted message, duplicates included."""
+        with self._lock:
+            return [str(message.get("messageId")) for message in self.messages]
+
+    def _record_request(self, request: Request) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    def _accept(self, messages: List[Dict[str, Any]]) -> None:
+        with self._lock:
+            self.messages.extend(messages)
+            if self._save is not None:
+                self._save.writelines(json.dumps(message) + "\n" for message in messages)
+                self._save.flush()
+            self._lock.notify_all()
+        if self._echo is not None:
+            for message in messages:
+                self._echo(message)
+
+    def answer(self, request: Request) -> Reply:
+        """How Vitally would answer ``request`` (the respond hook aside)."""
+        if request.headers.get("authorization") != f"Basic {self.token}":
+            return Reply(401, {"message": "Unauthorized"})
+        batch = request.messages
+        if not isinstance(batch, list):
+            return Reply(400, {"message": "Bad Request", "errors": [{"error": "the body must be a JSON array"}]})
+        if not 1 <= len(batch) <= MAX_BATCH_MESSAGES:
+            problem = f"a batch holds 1 to {MAX_BATCH_MESSAGES} messages, not {len(batch)}"
+            return Reply(400, {"message": "Bad Request", "errors": [{"error": problem}]})
+        errors = [
+            {"index": index, "field": problem.field, "error": str(problem)}
+            for index, message in enumerate(batch)
+            for problem in problems(message)
+        ]
+        if errors:
+            return Reply(400, {"message": "Bad Request", "errors": errors})
+        return Reply(accept=True)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+    receiver: Receiver
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        receiver = self.server.receiver
+        if self.path.rstrip("/") == "/messages":
+            with receiver._lock:
+                self._reply(Reply(200, list(receiver.messages)))
+        else:
+            self._reply(Reply(404, {"message": "Not Found"}))
+
+    def do_POST(self) -> None:
+        receiver = self.server.receiver
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        request = Request("POST", self.path, {key.lower(): value for key, value in self.headers.items()}, body)
+        try:
+            if request.headers.get("content-encoding") == "gzip":
+                body = gzip.decompress(body)
+            request.messages = json.loads(body)
+        except ValueError:
+            pass
+        receiver._record_request(request)
+        reply = receiver.respond(request) if receiver.respond is not None else None
+        if reply is None:
+            reply = receiver.answer(request) if self.path == BATCH_PATH else Reply(404, {"message": "Not Found"})
+        if reply.accept and isinstance(request.messages, list):
+            receiver._accept(request.messages)
+        if reply.reset:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            return
+        self._reply(reply)
+
+    def _reply(self, reply: Reply) -> None:
+        payload = json.dumps(reply.body).encode()
+        head = [f"HTTP/1.1 {reply.status} {self.responses.get(reply.status, ('',))[0]}"]
+        headers = {"Content-Type": "application/json", "Content-Length": str(len(payload)), **reply.headers}
+        head.extend(f"{key}: {value}" for key, value in headers.items())
+        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
