@@ -8,7 +8,7 @@ import os
 import time
 import weakref
 from datetime import datetime
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 from uuid import UUID, uuid4
 
 from .encoding import encode, format_timestamp, now_timestamp
@@ -199,9 +199,16 @@ class Client:
         message = {key: value for key, value in fields.items() if value is not None}
         message["messageId"] = str(uuid4()) if message_id is None else _message_id(message_id)
         message["timestamp"] = now_timestamp() if timestamp is None else _timestamp(timestamp)
+        return self._enqueue(message, parameter)
+
+    def _enqueue(self, message: Message, name: Callable[[str], str]) -> Result:
+        """Check, encode once, and queue (or send) a complete wire-format message.
+
+        ``name`` turns wire field names into the names errors use.
+        """
         normalize_ids(message)
-        check(message, parameter)
-        data = encode(message, parameter)
+        check(message, name)
+        data = encode(message, name)
         if len(data) > self._max_message_bytes:
             raise InvalidMessageError(
                 "message",
