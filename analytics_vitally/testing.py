@@ -106,7 +106,9 @@ class Receiver:
         return int(self._server.server_address[1])
 
     def start(self) -> Receiver:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="vitally-receiver", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="vitally-receiver", daemon=True
+        )
         self._thread.start()
         return self
 

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, List
+
+import pytest
+
+import analytics_vitally
+from analytics_vitally import Client
+from analytics_vitally.settings import SETTING_NAMES, Settings
+from analytics_vitally.testing import Receiver
+
+TOKEN = "test-token"
+MakeClient = Callable[..., Client]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver(token=TOKEN) as running:
+        yield running
+
+
+@pytest.fixture
+def make_client(receiver: Receiver) -> Iterator[MakeClient]:
+    """Clients pointed at the receiver; each is shut down (bounded) after the test."""
+    clients: List[Client] = []
+
+    def make(**settings: Any) -> Client:
+        settings.setdefault("host", receiver.url)
+        client = Client(settings.pop("write_key", TOKEN), **settings)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.shutdown(timeout=5)
+
+
+@pytest.fixture
+def module_api(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The module-level API pointed at the receiver, reset to its defaults afterwards."""
+    defaults = Settings()
+    for name in SETTING_NAMES:
+        monkeypatch.setattr(analytics_vitally, name, getattr(defaults, name))
+    monkeypatch.setattr(analytics_vitally, "write_key", TOKEN)
+    monkeypatch.setattr(analytics_vitally, "host", receiver.url)
+    monkeypatch.setattr(analytics_vitally, "_default_client", None)
+    yield analytics_vitally
+    analytics_vitally.shutdown(timeout=5)
