@@ -32,7 +32,7 @@ def make_client(receiver: Receiver) -> Iterator[MakeClient]:
 
     yield make
     for client in clients:
-        client.shutdown(timeout=5)
+        client.shutdown(timeout=1)
 
 
 @pytest.fixture
