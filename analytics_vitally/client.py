@@ -8,8 +8,9 @@ import os
 import time
 import weakref
 from datetime import datetime
+from os import urandom
 from typing import Any, Callable, Dict, Optional, Tuple
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from .encoding import encode, format_timestamp, now_timestamp
 from .errors import InvalidMessageError, InvalidTypeError
@@ -197,7 +198,7 @@ class Client:
 
     def _submit(self, fields: Message, timestamp: Optional[datetime], message_id: Optional[str]) -> Result:
         message = {key: value for key, value in fields.items() if value is not None}
-        message["messageId"] = str(uuid4()) if message_id is None else _message_id(message_id)
+        message["messageId"] = _new_message_id() if message_id is None else _message_id(message_id)
         message["timestamp"] = now_timestamp() if timestamp is None else _timestamp(timestamp)
         return self._enqueue(message, parameter)
 
@@ -255,6 +256,15 @@ class Client:
     def _after_fork_in_child(self) -> None:
         self._worker.reset_after_fork()
         self._transport.reset_after_fork()
+
+
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def _new_message_id() -> str:
+    """A random (version 4) UUID string, made about three times faster than ``str(uuid4())``."""
+    hex = urandom(16).hex()
+    return f"{hex[:8]}-{hex[8:12]}-4{hex[13:16]}-{_VARIANT[hex[16]]}{hex[17:20]}-{hex[20:]}"
 
 
 def _or_empty(value: Optional[Message]) -> Message:

@@ -19,7 +19,7 @@ from datetime import date, datetime
 from datetime import time as time_of_day
 from decimal import Decimal
 from enum import Enum
-from typing import Any, Iterator, Optional, Tuple
+from typing import Any, Callable, Iterator, Optional, Tuple
 from uuid import UUID
 
 from .errors import InvalidMessageError, InvalidTypeError
@@ -71,16 +71,25 @@ def _encode_extra(value: Any) -> Any:
 
 
 _encoder = json.JSONEncoder(default=_encode_extra, allow_nan=False, separators=(",", ":"))
+_dumps: Callable[[Any], str] = _encoder.encode
+_make_c_encoder = getattr(json.encoder, "c_make_encoder", None)
+if _make_c_encoder is not None:  # CPython: call the C encoder directly, made once
+    _c_encode = _make_c_encoder(
+        None, _encode_extra, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
+    )
+
+    def _dumps(value: Any) -> str:
+        return "".join(_c_encode(value, 0))
 
 
-def encode(message: dict[str, Any], param: Optional[Any] = None) -> str:
-    """``message`` as compact JSON, or InvalidMessageError naming the bad value.
+def encode(message: dict[str, Any], param: Optional[Callable[[str], str]] = None) -> str:
+    """``message`` as compact ASCII JSON, or InvalidMessageError naming the bad value.
 
     ``param`` maps a wire field name to the name shown in errors.
     """
     try:
-        return _encoder.encode(message)
-    except (TypeError, ValueError) as error:
+        return _dumps(message)
+    except (TypeError, ValueError, RecursionError) as error:
         path, problem = _find_unencodable(message) or ("message", str(error))
         head, _, rest = path.partition("[")
         if param is not None:
@@ -99,8 +108,10 @@ def _children(value: Any) -> Iterator[Tuple[str, Any]]:
             yield f"[{index}]", item
 
 
-def _find_unencodable(value: Any, path: str = "") -> Optional[Tuple[str, str]]:
+def _find_unencodable(value: Any, path: str = "", parents: Tuple[int, ...] = ()) -> Optional[Tuple[str, str]]:
     """The path and reason of the first value JSON can't take (slow path only)."""
+    if id(value) in parents:
+        return path, "contains itself (a circular reference)"
     if isinstance(value, dict):
         for key in value:
             if not isinstance(key, (str, int, float, bool)) and key is not None:
@@ -109,13 +120,13 @@ def _find_unencodable(value: Any, path: str = "") -> Optional[Tuple[str, str]]:
         return path, f"is {value!r}, which JSON cannot represent; send a finite number or None"
     if isinstance(value, (dict, list, tuple)):
         for suffix, item in _children(value):
-            found = _find_unencodable(item, _join(path, suffix))
+            found = _find_unencodable(item, _join(path, suffix), (*parents, id(value)))
             if found:
                 return found
         return None
     try:
-        _encoder.encode(value)
-    except (TypeError, ValueError) as error:
+        _dumps(value)
+    except (TypeError, ValueError, RecursionError) as error:
         return path, f"cannot be sent: {error}"
     return None
 

@@ -9,7 +9,7 @@ Unlink, Organization, Custom Object Instances).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from .errors import InvalidMessageError, InvalidTypeError
@@ -36,24 +36,41 @@ class Rule:
     """Non-empty string fields that must be present."""
     optional_strings: tuple[str, ...] = ()
 
-    @property
-    def all_ids(self) -> tuple[str, ...]:
-        return self.ids + self.one_of + self.optional_ids
+    def __post_init__(self) -> None:
+        # Derived once per rule, so checking a message does no tuple arithmetic.
+        derived = {
+            "all_ids": self.ids + self.one_of + self.optional_ids,
+            "string_fields": self.ids + self.one_of + self.optional_ids + self.strings,
+            "object_fields": self.objects + self.optional_objects,
+            "required_ids": frozenset(self.ids),
+            "one_of_set": frozenset(self.one_of),
+            "fields": frozenset(
+                (
+                    "type",
+                    "messageId",
+                    "timestamp",
+                    *self.ids,
+                    *self.one_of,
+                    *self.optional_ids,
+                    *self.objects,
+                    *self.optional_objects,
+                    *self.strings,
+                    *self.optional_strings,
+                )
+            ),
+        }
+        for key, value in derived.items():
+            object.__setattr__(self, key, value)
 
-    @property
-    def fields(self) -> frozenset[str]:
-        return frozenset(
-            (
-                "type",
-                "messageId",
-                "timestamp",
-                *self.all_ids,
-                *self.objects,
-                *self.optional_objects,
-                *self.strings,
-                *self.optional_strings,
-            )
-        )
+    all_ids: tuple[str, ...] = field(init=False, default=(), repr=False)
+    """Every ID field of the type."""
+    string_fields: tuple[str, ...] = field(init=False, default=(), repr=False)
+    """Fields whose value, when present, must be a non-empty string."""
+    object_fields: tuple[str, ...] = field(init=False, default=(), repr=False)
+    required_ids: frozenset[str] = field(init=False, default=frozenset(), repr=False)
+    one_of_set: frozenset[str] = field(init=False, default=frozenset(), repr=False)
+    fields: frozenset[str] = field(init=False, default=frozenset(), repr=False)
+    """Every field a message of the type may have."""
 
 
 RULES: dict[str, Rule] = {
@@ -82,7 +99,7 @@ RULES: dict[str, Rule] = {
 }
 """Every message type Vitally takes, and its fields."""
 
-_FIELDS = {kind: rule.fields for kind, rule in RULES.items()}
+_REQUIRED = {kind: f"is required for a {kind} message" for kind in RULES}
 
 _PARAMETERS = {
     "userId": "user_id",
@@ -103,7 +120,10 @@ def _same(field: str) -> str:
     return field
 
 
-_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]00:?00)\Z")
+_ABSENT = object()
+
+
+_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:Z|[+-]00:?00)\Z")
 
 
 def normalize_ids(message: dict[str, Any]) -> None:
@@ -128,36 +148,38 @@ def problems(message: Any, name: Callable[[str], str] = _same) -> Iterator[Inval
         yield InvalidMessageError("type", f"must be one of {', '.join(RULES)}, not {kind!r}")
         return
     rule = RULES[kind]
-    required = f"is required for a {kind} message"
-    for field in rule.ids:
-        if field not in message:
-            yield InvalidMessageError(name(field), required)
-    if rule.one_of and not any(field in message for field in rule.one_of):
-        first, *others = [name(field) for field in rule.one_of]
+    required = _REQUIRED[kind]
+    if not rule.required_ids <= message.keys():
+        for key in rule.ids:
+            if key not in message:
+                yield InvalidMessageError(name(key), required)
+    if rule.one_of and rule.one_of_set.isdisjoint(message):
+        first, *others = [name(key) for key in rule.one_of]
         yield InvalidMessageError(first, f"or {' or '.join(others)} {required}: {rule.one_of_hint}")
-    for field in rule.all_ids + rule.strings:
-        value = message.get(field, ...)
-        if value is ...:
-            if field in rule.strings:
-                yield InvalidMessageError(name(field), required)
+    for key in rule.string_fields:
+        value = message.get(key, _ABSENT)
+        if value is _ABSENT:
+            if key in rule.strings:
+                yield InvalidMessageError(name(key), required)
         elif not isinstance(value, str):
-            yield InvalidTypeError(name(field), f"must be a string, not {type(value).__name__}")
+            yield InvalidTypeError(name(key), f"must be a string, not {type(value).__name__}")
         elif not value:
-            yield InvalidMessageError(name(field), "must not be empty")
-    for field in rule.optional_strings:
-        value = message.get(field)
+            yield InvalidMessageError(name(key), "must not be empty")
+    for key in rule.optional_strings:
+        value = message.get(key)
         if value is not None and not isinstance(value, str):
-            yield InvalidTypeError(name(field), f"must be a string, not {type(value).__name__}")
-    for field in rule.objects + rule.optional_objects:
-        value = message.get(field)
+            yield InvalidTypeError(name(key), f"must be a string, not {type(value).__name__}")
+    for key in rule.object_fields:
+        value = message.get(key)
         if value is None:
-            if field in rule.objects:
-                yield InvalidMessageError(name(field), f"{required} (it may be {{}})")
+            if key in rule.objects:
+                yield InvalidMessageError(name(key), f"{required} (it may be {{}})")
         elif not isinstance(value, dict):
-            yield InvalidTypeError(name(field), f"must be a dict, not {type(value).__name__}")
+            yield InvalidTypeError(name(key), f"must be a dict, not {type(value).__name__}")
     yield from _common_problems(message, name)
-    for field in sorted(message.keys() - _FIELDS[kind]):
-        yield InvalidMessageError(str(field), f"is not a field of a {kind} message")
+    if not message.keys() <= rule.fields:
+        for key in sorted(map(str, message.keys() - rule.fields)):
+            yield InvalidMessageError(key, f"is not a field of a {kind} message")
 
 
 def _common_problems(message: dict[str, Any], name: Callable[[str], str]) -> Iterator[InvalidMessageError]:
