@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import backoff
 import requests
@@ -67,6 +67,13 @@ def retry_after_seconds(value: Optional[str], now: Optional[datetime] = None) ->
     return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
 
 
+def _environment_settings(url: str, proxies: Optional[Dict[str, str]]) -> Dict[str, Any]:
+    """Proxies and certificate settings for ``url`` from the environment, as requests would find them."""
+    with requests.Session() as probe:
+        found = probe.merge_environment_settings(url, dict(proxies or {}), None, None, None)
+    return {"proxies": found["proxies"], "verify": found["verify"]}
+
+
 class Transport:
     """Posts batches to Vitally for one client."""
 
@@ -81,6 +88,7 @@ class Transport:
         }
         if settings.gzip:
             self._headers["Content-Encoding"] = "gzip"
+        self._environment = _environment_settings(self._url, settings.proxies)
         self._local = threading.local()
         self._aborted = threading.Event()
         self._auth_paused_until = 0.0
@@ -95,8 +103,11 @@ class Transport:
         if session is None:
             session = requests.Session()
             session.headers.update(self._headers)
-            if self._settings.proxies:
-                session.proxies.update(self._settings.proxies)
+            # The environment (proxies, CA bundle) was read once; requests would read it per request,
+            # and could let a ~/.netrc entry replace the Authorization header.
+            session.trust_env = False
+            session.proxies.update(self._environment["proxies"])
+            session.verify = self._environment["verify"]
             self._local.session = session
         return session
 

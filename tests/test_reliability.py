@@ -336,9 +336,19 @@ def test_safe_hosts_are_accepted(host: str) -> None:
     assert Client("k", host=host).settings.url.endswith("/analytics/v1/batch")
 
 
-def test_tls_certificates_are_verified() -> None:
-    client = Client("k", subdomain="acme")
-    assert client._transport._session().verify is True
+def test_tls_certificates_are_verified(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    assert Client("k", subdomain="acme")._transport._session().verify is True
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/bundle.pem")  # a CA bundle, still verifying
+    assert Client("k", subdomain="acme")._transport._session().verify == "/etc/ssl/certs/bundle.pem"
+
+
+def test_environment_proxies_are_read_once_and_explicit_ones_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    assert Client("k", subdomain="acme")._transport._session().proxies == {"https": "http://127.0.0.1:3128"}
+    explicit = Client("k", subdomain="acme", proxies={"https": "http://127.0.0.1:9"})
+    assert explicit._transport._session().proxies["https"] == "http://127.0.0.1:9"
 
 
 def run_script(code: str, **env: str) -> subprocess.CompletedProcess[str]:
