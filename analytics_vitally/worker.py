@@ -125,6 +125,9 @@ class Worker:
 
         Returns False if ``timeout`` seconds passed first.
         """
+        if threading.current_thread() in self._threads:
+            log.warning("flush() called from on_error on the worker thread: it would wait for itself; skipped")
+            return False
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             target = self._taken + len(self._pending)

@@ -314,3 +314,12 @@ def test_exit_delivers_everything_without_flush(receiver: Receiver) -> None:
     assert len(set(receiver.message_ids())) == 1000
     assert sorted(m["properties"]["i"] for m in receiver.messages) == list(range(1000))
     print(f"exit drain: {len(receiver.messages)} of 1000 delivered, script took {elapsed:.2f}s")
+
+
+def test_flush_inside_on_error_does_not_deadlock(make_client: MakeClient, receiver: Receiver) -> None:
+    inner: List[bool] = []
+    receiver.respond = lambda request: Reply(403, {"message": "no"})
+    client: Client = make_client(on_error=lambda error, messages: inner.append(client.flush()))
+    client.track("u", "e")
+    assert client.flush(timeout=10) is True
+    assert inner == [False]
