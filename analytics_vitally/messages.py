@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, List
 
 from .errors import InvalidMessageError, InvalidTypeError
 
@@ -135,70 +135,81 @@ def normalize_ids(message: dict[str, Any]) -> None:
                 message[field] = str(message[field])
 
 
-def problems(message: Any, name: Callable[[str], str] = _same) -> Iterator[InvalidMessageError]:
-    """Every way ``message`` (a wire-format dict) breaks Vitally's rules.
+def problems(message: Any, name: Callable[[str], str] = _same, stamped: bool = False) -> List[InvalidMessageError]:
+    """Every way ``message`` (a wire-format dict) breaks Vitally's rules; empty if none.
 
-    ``name`` turns a wire field name into the name the errors should use.
+    ``name`` turns a wire field name into the name the errors should use. ``stamped``
+    says the caller made ``messageId`` and ``timestamp`` itself, so they need no check.
     """
     if not isinstance(message, dict):
-        yield InvalidTypeError("message", "must be a JSON object")
-        return
+        return [InvalidTypeError("message", "must be a JSON object")]
     kind = message.get("type")
     if not isinstance(kind, str) or kind not in RULES:
-        yield InvalidMessageError("type", f"must be one of {', '.join(RULES)}, not {kind!r}")
-        return
+        return [InvalidMessageError("type", f"must be one of {', '.join(RULES)}, not {kind!r}")]
     rule = RULES[kind]
     required = _REQUIRED[kind]
+    found: List[InvalidMessageError] = []
     if not rule.required_ids <= message.keys():
-        for key in rule.ids:
-            if key not in message:
-                yield InvalidMessageError(name(key), required)
+        found += [InvalidMessageError(name(key), required) for key in rule.ids if key not in message]
     if rule.one_of and rule.one_of_set.isdisjoint(message):
         first, *others = [name(key) for key in rule.one_of]
-        yield InvalidMessageError(first, f"or {' or '.join(others)} {required}: {rule.one_of_hint}")
+        found.append(InvalidMessageError(first, f"or {' or '.join(others)} {required}: {rule.one_of_hint}"))
     for key in rule.string_fields:
         value = message.get(key, _ABSENT)
+        if value.__class__ is str and value:
+            continue
         if value is _ABSENT:
             if key in rule.strings:
-                yield InvalidMessageError(name(key), required)
+                found.append(InvalidMessageError(name(key), required))
         elif not isinstance(value, str):
-            yield InvalidTypeError(name(key), f"must be a string, not {type(value).__name__}")
+            found.append(InvalidTypeError(name(key), f"must be a string, not {type(value).__name__}"))
         elif not value:
-            yield InvalidMessageError(name(key), "must not be empty")
+            found.append(InvalidMessageError(name(key), "must not be empty"))
     for key in rule.optional_strings:
         value = message.get(key)
         if value is not None and not isinstance(value, str):
-            yield InvalidTypeError(name(key), f"must be a string, not {type(value).__name__}")
+            found.append(InvalidTypeError(name(key), f"must be a string, not {type(value).__name__}"))
     for key in rule.object_fields:
         value = message.get(key)
+        if value.__class__ is dict:
+            continue
         if value is None:
             if key in rule.objects:
-                yield InvalidMessageError(name(key), f"{required} (it may be {{}})")
+                found.append(InvalidMessageError(name(key), f"{required} (it may be {{}})"))
         elif not isinstance(value, dict):
-            yield InvalidTypeError(name(key), f"must be a dict, not {type(value).__name__}")
-    yield from _common_problems(message, name)
+            found.append(InvalidTypeError(name(key), f"must be a dict, not {type(value).__name__}"))
+    if not stamped:
+        found += _stamp_problems(message, name)
     if not message.keys() <= rule.fields:
-        for key in sorted(map(str, message.keys() - rule.fields)):
-            yield InvalidMessageError(key, f"is not a field of a {kind} message")
+        found += [
+            InvalidMessageError(key, f"is not a field of a {kind} message")
+            for key in sorted(map(str, message.keys() - rule.fields))
+        ]
+    return found
 
 
-def _common_problems(message: dict[str, Any], name: Callable[[str], str]) -> Iterator[InvalidMessageError]:
+def _stamp_problems(message: dict[str, Any], name: Callable[[str], str]) -> List[InvalidMessageError]:
+    found: List[InvalidMessageError] = []
     message_id = message.get("messageId")
     timestamp = message.get("timestamp")
     if message_id is None and timestamp is None:
-        yield InvalidMessageError(name("messageId"), "or timestamp is required")
+        found.append(InvalidMessageError(name("messageId"), "or timestamp is required"))
     if message_id is not None and (not isinstance(message_id, str) or not message_id):
-        yield InvalidTypeError(name("messageId"), "must be a non-empty string")
+        found.append(InvalidTypeError(name("messageId"), "must be a non-empty string"))
     if timestamp is not None and (not isinstance(timestamp, str) or not _TIMESTAMP.match(timestamp)):
-        yield InvalidMessageError(
-            name("timestamp"), f"must be ISO 8601 in UTC such as 2018-05-15T12:31:12.123Z, not {timestamp!r}"
+        found.append(
+            InvalidMessageError(
+                name("timestamp"), f"must be ISO 8601 in UTC such as 2018-05-15T12:31:12.123Z, not {timestamp!r}"
+            )
         )
+    return found
 
 
-def check(message: dict[str, Any], name: Callable[[str], str] = _same) -> None:
-    """Raise the first of ``problems(message, name)``, if there is one."""
-    for problem in problems(message, name):
-        raise problem
+def check(message: dict[str, Any], name: Callable[[str], str] = _same, stamped: bool = False) -> None:
+    """Raise the first of ``problems(message, name, stamped)``, if there is one."""
+    found = problems(message, name, stamped)
+    if found:
+        raise found[0]
 
 
 __all__ = ["MAX_BATCH_MESSAGES", "RULES", "Rule", "check", "normalize_ids", "parameter", "problems"]

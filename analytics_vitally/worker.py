@@ -194,6 +194,7 @@ class Worker:
             or now - self._oldest >= self._interval
         )
         if not due:
+            self._nudged = False  # so the caller wakes us again when a full batch is waiting
             return None
         batch: List[str] = []
         size = 2

@@ -81,6 +81,30 @@ def test_batches_by_size(make_client: MakeClient, receiver: Receiver) -> None:
     assert [m["properties"]["i"] for m in receiver.messages] == list(range(25))
 
 
+def test_a_full_batch_wakes_the_worker_after_it_saw_the_first_message(
+    make_client: MakeClient, receiver: Receiver
+) -> None:
+    client = make_client(upload_size=10, upload_interval=60)
+    client.track("u", "e", {"i": 0})
+    deadline = time.monotonic() + 5
+    while client._worker._oldest is None:  # the worker woke for the first message and went back to sleep
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    for i in range(1, 10):
+        client.track("u", "e", {"i": i})
+    assert receiver.wait_for(10, timeout=5)  # long before upload_interval, without flush()
+
+
+def test_message_ids_do_not_follow_the_apps_random_seed(make_client: MakeClient) -> None:
+    import random
+
+    client = make_client(send=False)
+    random.seed(7)
+    first = client.track("u", "e")[1]["messageId"]
+    random.seed(7)
+    assert client.track("u", "e")[1]["messageId"] != first
+
+
 def test_batches_by_interval_without_flush(make_client: MakeClient, receiver: Receiver) -> None:
     client = make_client(upload_interval=0.05)
     for i in range(3):

@@ -374,6 +374,7 @@ def test_a_forked_child_delivers_its_own_messages(receiver: Receiver) -> None:
                 analytics.track("child", "in-child", {"i": i})
             ok = analytics.flush(timeout=20)
             os._exit(0 if ok else 3)
+        analytics.track("parent", "after-fork")           # its ID must differ from the child's
         _, status = os.waitpid(pid, 0)
         assert analytics.flush(timeout=20)
         sys.exit(os.waitstatus_to_exitcode(status))
@@ -385,7 +386,8 @@ def test_a_forked_child_delivers_its_own_messages(receiver: Receiver) -> None:
     events = [m["event"] for m in receiver.messages]
     assert events.count("in-child") == 100
     assert events.count("before-fork") == 1
-    assert len(set(receiver.message_ids())) == 101
+    assert events.count("after-fork") == 1
+    assert len(set(receiver.message_ids())) == 102
 
 
 def test_the_exit_drain_is_bounded(receiver: Receiver, stalled: threading.Event) -> None:
