@@ -206,9 +206,10 @@ class Transport:
         return DeliveryError(f"Vitally answered {status}: {text}", status, text), retry_after
 
     def _report(self, error: DeliveryError, items: List[str]) -> None:
-        log.error("%d message(s) not delivered: %s", len(items), error)
         if self._on_error is None:
+            log.error("%d message(s) not delivered: %s", len(items), error)
             return
+        log.info("%d message(s) not delivered (passed to on_error): %s", len(items), error)
         try:
             self._on_error(error, [json.loads(item) for item in items])
         except Exception:

@@ -185,6 +185,7 @@ def test_other_4xx_are_not_retried(make_client: MakeClient, receiver: Receiver, 
 def test_401_is_reported_not_retried_and_pauses_sending(
     make_client: MakeClient, receiver: Receiver, errors: Errors, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="analytics_vitally")
     client = make_client(write_key="wrong-key", on_error=collect(errors), **FAST)
     send(client, 3)
     assert client.flush(timeout=10)
@@ -198,6 +199,21 @@ def test_401_is_reported_not_retried_and_pauses_sending(
     assert "401" in str(errors[0][0]) and "paused" in str(errors[1][0])
     assert "refused the write_key" in caplog.text
     assert receiver.messages == []
+
+
+def test_failures_are_logged_as_errors_unless_on_error_takes_them(
+    make_client: MakeClient, receiver: Receiver, errors: Errors, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="analytics_vitally")
+    receiver.respond = lambda request: Reply(403, {"message": "Forbidden"})
+    unhandled = make_client(**FAST)
+    send(unhandled, 1)
+    assert unhandled.flush(timeout=10)
+    handled = make_client(on_error=collect(errors), **FAST)
+    send(handled, 1)
+    assert handled.flush(timeout=10)
+    levels = [r.levelno for r in caplog.records if "not delivered" in r.getMessage()]
+    assert levels == [logging.ERROR, logging.INFO]
 
 
 def test_gives_up_after_max_retries(make_client: MakeClient, receiver: Receiver, errors: Errors) -> None:

@@ -1,0 +1,8 @@
+"""``python -m analytics_vitally``: the ``analytics-vitally`` command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

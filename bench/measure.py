@@ -1,0 +1,102 @@
+"""One measurement of one client in a fresh process; run by bench/run.py, prints one RESULT line.
+
+    python bench/measure.py --client ours --port 8123 --calls 20000 --delay 0.05 --set thread=4
+
+The client is built (importing its package), the receiver is reset with
+``target=calls``, then the calls run back to back on this (the app) thread while
+the client's own threads deliver, then ``flush()``, then the receiver is asked
+when it counted the last message. Peak RSS is this process's VmHWM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Dict
+
+from clients import CLIENTS, build
+from rig import LOOPBACK, ReceiverControl, allow_loopback_only, cpu_jiffies, library_fingerprint, memory_kib
+
+
+def measure(client: str, port: int, calls: int, delay: float, settings: Dict[str, Any]) -> Dict[str, Any]:
+    allow_loopback_only()
+    control = ReceiverControl(port)
+    before_import = memory_kib()
+    library = library_fingerprint()
+    bench = build(client, f"http://{LOOPBACK}:{port}", settings)
+    built = memory_kib()
+    control.reset(delay=delay, target=calls)
+    track = bench.track
+
+    jiffies_started = cpu_jiffies()
+    cpu_started = time.process_time()
+    started = time.monotonic()
+    thread_started = time.thread_time()
+    for i in range(calls):
+        track(i)
+    thread_cpu = time.thread_time() - thread_started
+    calls_done = time.monotonic()
+
+    bench.flush()
+    flushed = time.monotonic()
+    # With the default queue a client may drop messages and never reach the target: wait for the count to settle.
+    may_drop = delay == 0 and settings.get("max_queue_size") is None
+    received = control.settle() if may_drop else control.wait(timeout=300)
+    process_cpu = time.process_time() - cpu_started
+    jiffies_ended = cpu_jiffies()
+    window = time.monotonic() - started
+    busy, total = (end - start for end, start in zip(jiffies_ended, jiffies_started))
+    cpus = os.cpu_count() or 1
+    machine_cpu = busy / max(total, 1) * cpus * window
+    other_cpu = max(0.0, machine_cpu - process_cpu - received["cpu_seconds"])
+    reached_at = received["reached_at"]
+    end = reached_at if reached_at is not None else received["last_at"] or flushed
+    return {
+        "client": client,
+        "version": bench.version,
+        "library": library,
+        "calls": calls,
+        "delay": delay,
+        "settings": settings,
+        "call_us": (calls_done - started) / calls * 1e6,
+        "call_cpu_us": thread_cpu / calls * 1e6,
+        "flush_s": flushed - calls_done,
+        "delivered": received["messages"],
+        "complete": reached_at is not None,
+        "seconds": end - started,
+        "messages_per_second": received["messages"] / (end - started),
+        "process_cpu_us_per_message": process_cpu / calls * 1e6,
+        "dropped_by_client": bench.dropped(),
+        "requests": received["requests"],
+        "receiver_errors": received["errors"],
+        "paths": received["paths"],
+        "connections": received["connections"],
+        "receiver_cpu": received["cpu_seconds"] / max(received["wall_seconds"], 1e-9),
+        "other_load": other_cpu / window,
+        "rss_before_import_kib": before_import["VmRSS"],
+        "rss_built_kib": built["VmRSS"],
+        "peak_rss_kib": memory_kib()["VmHWM"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--client", choices=CLIENTS, required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds the receiver waits before each answer")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=JSON", help="a client setting")
+    args = parser.parse_args()
+    settings = {name: json.loads(value) for name, _, value in (item.partition("=") for item in args.set)}
+    result = measure(args.client, args.port, args.calls, args.delay, settings)
+    sys.stdout.write("RESULT " + json.dumps(result) + "\n")
+    sys.stdout.flush()
+    # Skip the clients' atexit handlers: everything was delivered and measured already.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

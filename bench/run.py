@@ -1,0 +1,448 @@
+"""Benchmark analytics_vitally against segment-analytics-python, rudder-sdk-python and posthog.
+
+    python bench/run.py            # 20,000 calls per run, 3 rounds of everything (4 to 9 minutes)
+    python bench/run.py --quick    # 2,000 calls, 1 run: checks the rig works
+
+One receiver (bench/receiver.py) runs in its own process on 127.0.0.1 for the
+whole benchmark. Every measurement runs in a fresh subprocess (bench/measure.py)
+so that peak RSS is one client's own; the clients alternate within each round.
+What counts as delivered is what the receiver counted. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from clients import CLIENTS, LABELS
+from rig import (
+    BENCH_DIR,
+    CeilingResult,
+    ReceiverControl,
+    batch_request,
+    environment,
+    library_fingerprint,
+    machine_busy,
+    our_batch_body,
+    post_loop,
+    snapshot_library,
+    start_receiver,
+)
+
+OURS = "ours"
+SEGMENT = "segment"
+SHORT = {"ours": "ours", "segment": "segment", "rudder": "rudder", "posthog": "posthog"}
+RTT = 0.05
+"""Seconds the receiver waits before answering each batch in the round-trip scenarios."""
+CEILING_SECONDS = 2.0
+QUIET_LOAD = 0.25
+"""Before each measurement, wait until other processes use at most this many CPUs..."""
+QUIET_WAIT = 20.0
+"""...or until this many seconds passed."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    delay: float
+    settings: Callable[[str, int], Dict[str, Any]]
+    """The client settings for (client, calls)."""
+
+
+def _defaults(client: str, calls: int) -> Dict[str, Any]:
+    return {}
+
+
+def _no_drops(client: str, calls: int) -> Dict[str, Any]:
+    # All four default to max_queue_size=10,000 and drop (Segment, Rudder, PostHog with only a log line)
+    # once it is full; throughput is only meaningful if every call's message is kept.
+    return {"max_queue_size": max(calls, 10_000)}
+
+
+def _no_drops_four_threads(client: str, calls: int) -> Dict[str, Any]:
+    # All four call their delivery-thread count "thread".
+    return {**_no_drops(client, calls), "thread": 4}
+
+
+SCENARIOS = (
+    Scenario("call", "defaults, loopback", 0.0, _defaults),
+    Scenario("loopback", "loopback, queue raised", 0.0, _no_drops),
+    Scenario("rtt", f"{RTT * 1000:.0f} ms/request, default threads", RTT, _no_drops),
+    Scenario("rtt4", f"{RTT * 1000:.0f} ms/request, thread=4", RTT, _no_drops_four_threads),
+)
+
+
+@dataclass
+class Results:
+    calls: int
+    reps: int
+    runs: Dict[str, Dict[str, List[Dict[str, Any]]]] = field(default_factory=dict)
+    """scenario -> client -> one result per round."""
+    ceilings: List[CeilingResult] = field(default_factory=list)
+    pipelined: List[CeilingResult] = field(default_factory=list)
+    replay: Dict[str, CeilingResult] = field(default_factory=dict)
+    """client -> the ceiling when replaying that client's own largest request."""
+    failures: List[str] = field(default_factory=list)
+    library: str = ""
+    """Fingerprint of the analytics_vitally source measured (a copy taken when the benchmark started)."""
+
+    def add(self, scenario: str, client: str, result: Dict[str, Any]) -> None:
+        self.runs.setdefault(scenario, {}).setdefault(client, []).append(result)
+
+    def values(self, scenario: str, client: str, key: str) -> List[float]:
+        return [float(run[key]) for run in self.runs.get(scenario, {}).get(client, [])]
+
+    def median(self, scenario: str, client: str, key: str) -> Optional[float]:
+        values = self.values(scenario, client, key)
+        return statistics.median(values) if values else None
+
+
+def run_measurement(port: int, client: str, calls: int, scenario: Scenario, library: Path) -> Dict[str, Any]:
+    command = [
+        sys.executable,
+        str(BENCH_DIR / "measure.py"),
+        f"--client={client}",
+        f"--port={port}",
+        f"--calls={calls}",
+        f"--delay={scenario.delay}",
+    ]
+    command += [f"--set={name}={json.dumps(value)}" for name, value in scenario.settings(client, calls).items()]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment(library))
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result: Dict[str, Any] = json.loads(line[len("RESULT ") :])
+            return result
+    raise RuntimeError(f"{client}/{scenario.name} printed no result (exit {done.returncode}):\n{done.stderr[-2000:]}")
+
+
+def rig_ceiling(control: ReceiverControl, results: Results) -> None:
+    request = batch_request(control.port, our_batch_body(100))
+    results.ceilings.append(post_loop(control, request, CEILING_SECONDS))
+    results.pipelined.append(post_loop(control, request, CEILING_SECONDS, depth=8))
+
+
+def wait_for_quiet(log: Callable[[str], None]) -> float:
+    """Wait (at most QUIET_WAIT seconds) until other processes leave the CPUs alone; the load seen last."""
+    deadline = time.monotonic() + QUIET_WAIT
+    while True:
+        busy = machine_busy(0.3)
+        if busy <= QUIET_LOAD or time.monotonic() > deadline:
+            if busy > QUIET_LOAD:
+                log(f"  (other processes keep {busy:.2f} CPUs busy; measuring anyway)")
+            return busy
+        time.sleep(0.5)
+
+
+def benchmark(calls: int, reps: int, clients: Sequence[str], log: Callable[[str], None]) -> Results:
+    results = Results(calls, reps)
+    snapshot = Path(tempfile.mkdtemp(prefix="bench-library-"))
+    results.library = library_fingerprint(snapshot_library(snapshot))
+    receiver, port = start_receiver()
+    control = ReceiverControl(port)
+    largest: Dict[str, bytes] = {}
+    try:
+        for rep in range(reps):
+            log(f"round {rep + 1}/{reps}: rig ceiling")
+            rig_ceiling(control, results)
+            order = list(clients[rep % len(clients) :]) + list(clients[: rep % len(clients)])
+            for scenario in SCENARIOS:
+                for client in order:
+                    wait_for_quiet(log)
+                    started = time.monotonic()
+                    try:
+                        result = run_measurement(port, client, calls, scenario, snapshot)
+                    except (RuntimeError, subprocess.TimeoutExpired) as error:
+                        results.failures.append(f"round {rep + 1} {scenario.name} {client}: {error}")
+                        log(f"  {scenario.name:<8} {client:<8} FAILED: {error}")
+                        continue
+                    results.add(scenario.name, client, result)
+                    if scenario.name == "loopback":
+                        largest[client] = control.largest_request()
+                    log(
+                        f"  {scenario.name:<8} {client:<8} {result['call_us']:7.2f} µs/call "
+                        f"{result['messages_per_second']:9,.0f} msg/s  {result['delivered']:>6}/{calls} delivered  "
+                        f"peak {result['peak_rss_kib'] / 1024:5.1f} MiB  ({time.monotonic() - started:.1f}s)"
+                    )
+        log("replaying each client's own largest request (receiver ceiling per payload shape)")
+        for client, request in largest.items():
+            if request:
+                results.replay[client] = post_loop(control, request, CEILING_SECONDS / 2)
+    finally:
+        receiver.terminate()
+        receiver.wait(10)
+        shutil.rmtree(snapshot, ignore_errors=True)
+    return results
+
+
+# The report. ---------------------------------------------------------------------------------
+
+
+def _number(value: Optional[float], digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _ratio(ours: Optional[float], peer: Optional[float]) -> str:
+    if ours is None or peer is None or peer == 0:
+        return "-"
+    return f"{ours / peer:.2f}x"
+
+
+def _head() -> str:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(BENCH_DIR.parent), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(BENCH_DIR.parent), "status", "--porcelain", "--", "analytics_vitally"],
+            capture_output=True,
+            text=True,
+        )
+    except OSError:
+        return "unknown"
+    return done.stdout.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "")
+
+
+def report(results: Results, clients: Sequence[str]) -> str:
+    median = results.median
+    calls = results.calls
+    lines: List[str] = []
+    out = lines.append
+    ceiling = statistics.median(c.messages_per_second for c in results.ceilings) if results.ceilings else None
+    pipelined = statistics.median(c.messages_per_second for c in results.pipelined) if results.pipelined else None
+    versions = {
+        client: results.runs.get("call", {}).get(client, [{}])[0].get("version", "?")
+        for client in clients
+        if results.runs.get("call", {}).get(client)
+    }
+    out(
+        f"{calls:,} track() calls per run; medians of {results.reps} round(s); clients alternate within a round; "
+        f"each run in a fresh process."
+    )
+    out(
+        f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs. "
+        + ", ".join(f"{LABELS[client]} {version}" for client, version in versions.items())
+    )
+    every_run = [run for by_client in results.runs.values() for runs in by_client.values() for run in runs]
+    libraries = sorted({run["library"] for run in every_run if run["client"] == OURS})
+    out(
+        f"analytics_vitally source measured: {results.library} (sha256 prefix of a copy taken at the start; "
+        f"HEAD {_head()})"
+    )
+    if libraries and libraries != [results.library]:
+        out(f"WARNING: the runs imported analytics_vitally {', '.join(libraries)}, not the snapshot")
+    loads = [run["other_load"] for run in every_run]
+    if loads:
+        out(
+            f"Other processes' CPU during the measurements: median {statistics.median(loads):.2f} cores, "
+            f"max {max(loads):.2f} (of {os.cpu_count()}); each measurement's is in the Runs list below."
+        )
+    out(
+        f"Rig ceiling (bench/receiver.py absorbing pre-encoded 100-message batches of ours over 1 keep-alive "
+        f"connection): {_number(ceiling)} msg/s; 8 requests pipelined: {_number(pipelined)} msg/s."
+    )
+    out("")
+
+    width = 13
+    out("Columns: " + ", ".join(f"{SHORT[c]} = {LABELS[c]}" for c in clients) + ".")
+    out("")
+    head = f"{'':44}" + "".join(f"{SHORT[c]:>{width}}" for c in clients)
+    out(head)
+    out("-" * len(head))
+
+    def row(label: str, scenario: str, key: str, digits: int = 0, scale: float = 1.0) -> None:
+        cells = []
+        for client in clients:
+            value = median(scenario, client, key)
+            cells.append(_number(None if value is None else value * scale, digits))
+        out(f"{label:44}" + "".join(f"{cell:>{width}}" for cell in cells))
+
+    def fraction_row(label: str, scenario: str) -> None:
+        cells = []
+        for client in clients:
+            value = median(scenario, client, "messages_per_second")
+            cells.append("-" if value is None or not ceiling else f"{value / ceiling:.1%}")
+        out(f"{label:44}" + "".join(f"{cell:>{width}}" for cell in cells))
+
+    out("1. app-thread cost per call, delivery running")
+    row("   defaults: µs per call (wall)", "call", "call_us", 2)
+    row("   defaults: µs per call (app-thread CPU)", "call", "call_cpu_us", 2)
+    row(f"   defaults: delivered of {calls:,}", "call", "delivered")
+    row("   queue raised: µs per call (wall)", "loopback", "call_us", 2)
+    out("2. loopback throughput, first call to last counted")
+    row("   msg/s (queue raised)", "loopback", "messages_per_second")
+    fraction_row("   fraction of rig ceiling", "loopback")
+    row("   client CPU per message (µs, all threads)", "loopback", "process_cpu_us_per_message", 1)
+    out(f"3. throughput, {RTT * 1000:.0f} ms per request")
+    row("   msg/s, default threads (1)", "rtt", "messages_per_second")
+    row("   msg/s, thread=4", "rtt4", "messages_per_second")
+    out(f"4. memory over the {calls:,}-call run (defaults)")
+    row("   peak RSS, MiB (VmHWM)", "call", "peak_rss_kib", 1, 1 / 1024)
+    row("   RSS after import + construction, MiB", "call", "rss_built_kib", 1, 1 / 1024)
+    row("   peak RSS, queue raised, MiB", "loopback", "peak_rss_kib", 1, 1 / 1024)
+    out("")
+
+    peers = [client for client in clients if client != OURS]
+    if OURS in clients and peers:
+        out(f"{'ours ÷ peer':44}" + "".join(f"{SHORT[c]:>{width}}" for c in peers) + f"{'target vs Segment':>20}")
+        out("-" * (44 + width * len(peers) + 20))
+
+        def ratio_row(
+            label: str,
+            ours: Optional[float],
+            peer_value: Callable[[str], Optional[float]],
+            target: str,
+            met: Optional[Callable[[float], bool]],
+        ) -> None:
+            cells = [_ratio(ours, peer_value(peer)) for peer in peers]
+            verdict = ""
+            segment = peer_value(SEGMENT) if SEGMENT in peers else None
+            if met is not None and ours is not None and segment:
+                verdict = f"{target} {'met' if met(ours / segment) else 'MISSED'}"
+            out(f"{label:44}" + "".join(f"{cell:>{width}}" for cell in cells) + f"{verdict:>20}")
+
+        ratio_row(
+            "call cost, defaults (lower is better)",
+            median("call", OURS, "call_us"),
+            lambda p: median("call", p, "call_us"),
+            "<=0.25x",
+            lambda r: r <= 0.25,
+        )
+        ratio_row(
+            "call cost, queue raised",
+            median("loopback", OURS, "call_us"),
+            lambda p: median("loopback", p, "call_us"),
+            "",
+            None,
+        )
+        ratio_row(
+            "loopback throughput",
+            median("loopback", OURS, "messages_per_second"),
+            lambda p: median("loopback", p, "messages_per_second"),
+            ">=3x",
+            lambda r: r >= 3,
+        )
+        ratio_row(
+            "50 ms, default threads vs peer default",
+            median("rtt", OURS, "messages_per_second"),
+            lambda p: median("rtt", p, "messages_per_second"),
+            "",
+            None,
+        )
+        ratio_row(
+            "50 ms, thread=4 vs peer default",
+            median("rtt4", OURS, "messages_per_second"),
+            lambda p: median("rtt", p, "messages_per_second"),
+            ">=3.8x",
+            lambda r: r >= 3.8,
+        )
+        ratio_row(
+            "50 ms, thread=4 vs peer thread=4",
+            median("rtt4", OURS, "messages_per_second"),
+            lambda p: median("rtt4", p, "messages_per_second"),
+            "",
+            None,
+        )
+        ratio_row(
+            "peak RSS, defaults (lower is better)",
+            median("call", OURS, "peak_rss_kib"),
+            lambda p: median("call", p, "peak_rss_kib"),
+            "<=0.8x",
+            lambda r: r <= 0.8,
+        )
+        out("")
+
+    out("Settings: scenario 1 and memory use every client's defaults (max_queue_size=10,000 for all four, so")
+    out(
+        f"  calls beyond a full queue are dropped: see 'delivered'). Throughput scenarios set max_queue_size="
+        f"{max(calls, 10_000):,} on every client;"
+    )
+    out("  thread=4 is the `thread` argument of all four (Segment/Rudder: consumer threads; PostHog: consumers).")
+    out("  Rudder gzips by default (kept); PostHog's flush_interval is 5 s by default (kept); nobody else gzips.")
+    out("")
+    out("Runs, every round: msg/s | µs/call | delivered | requests | receiver CPU | other processes' CPU (cores)")
+    for scenario in SCENARIOS:
+        for client in clients:
+            runs = results.runs.get(scenario.name, {}).get(client, [])
+            cells = "  ".join(
+                f"{run['messages_per_second']:,.0f}|{run['call_us']:.1f}|{run['delivered']}|{run['requests']}|"
+                f"{run['receiver_cpu']:.0%}|{run['other_load']:.2f}"
+                for run in runs
+            )
+            out(f"  {scenario.name:<9}{client:<9}{cells}")
+    ceilings = "  ".join(f"{c.messages_per_second:,.0f} (receiver CPU {c.receiver_cpu:.0%})" for c in results.ceilings)
+    out(f"  ceiling  1 conn   {ceilings}")
+    out("  ceiling  8 deep   " + "  ".join(f"{c.messages_per_second:,.0f}" for c in results.pipelined))
+    if results.replay:
+        out(
+            "Receiver ceiling replaying each client's own largest request (1 connection): "
+            + ", ".join(
+                f"{LABELS[client]} {replay.messages_per_second:,.0f} msg/s" for client, replay in results.replay.items()
+            )
+        )
+    paths = {
+        client: sorted({path for run in results.runs.get("loopback", {}).get(client, []) for path in run["paths"]})
+        for client in clients
+    }
+    out("Paths posted: " + ", ".join(f"{LABELS[client]} {' '.join(p)}" for client, p in paths.items()))
+    if results.failures:
+        out("FAILURES:")
+        lines.extend(f"  {failure}" for failure in results.failures)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2,000 calls and 1 round: a smoke test of the rig")
+    parser.add_argument("--calls", type=int, help="track() calls per run (default 20,000)")
+    parser.add_argument("--reps", type=int, help="rounds; each client runs each scenario once a round (default 3)")
+    parser.add_argument("--clients", default=",".join(CLIENTS), help=f"comma-separated subset of {','.join(CLIENTS)}")
+    parser.add_argument("--json", metavar="PATH", help="also write every raw result to PATH")
+    args = parser.parse_args()
+    calls = args.calls or (2_000 if args.quick else 20_000)
+    reps = args.reps or (1 if args.quick else 3)
+    clients = [name for name in args.clients.split(",") if name]
+    unknown = set(clients) - set(CLIENTS)
+    if unknown:
+        parser.error(f"unknown client(s): {', '.join(sorted(unknown))}")
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    started = time.monotonic()
+    results = benchmark(calls, reps, clients, log)
+    log(f"done in {time.monotonic() - started:.0f}s\n")
+    print(report(results, clients))
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(
+                {
+                    "calls": results.calls,
+                    "reps": results.reps,
+                    "runs": results.runs,
+                    "ceilings": [asdict(c) for c in results.ceilings],
+                    "pipelined": [asdict(c) for c in results.pipelined],
+                    "replay": {client: asdict(c) for client, c in results.replay.items()},
+                    "failures": results.failures,
+                    "library": results.library,
+                },
+                file,
+                indent=1,
+            )
+
+
+if __name__ == "__main__":
+    main()
