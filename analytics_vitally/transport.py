@@ -89,6 +89,8 @@ class Transport:
         if settings.gzip:
             self._headers["Content-Encoding"] = "gzip"
         self._environment = _environment_settings(self._url, settings.proxies)
+        # Every batch is the same POST but for its body: prepared once, copied per request.
+        self._template = requests.Request("POST", self._url, headers=self._headers).prepare()
         self._local = threading.local()
         self._aborted = threading.Event()
         self._auth_paused_until = 0.0
@@ -102,7 +104,6 @@ class Transport:
         session: Optional[requests.Session] = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
-            session.headers.update(self._headers)
             # The environment (proxies, CA bundle) was read once; requests would read it per request,
             # and could let a ~/.netrc entry replace the Authorization header.
             session.trust_env = False
@@ -183,9 +184,11 @@ class Transport:
                 f"not sent: Vitally refused the write_key (401) recently; sending is paused for {paused:.0f}s more",
                 401,
             )
+        request = self._template.copy()
+        request.prepare_body(body, None)
         started = self._clock()
         try:
-            response = self._session().post(self._url, data=body, timeout=self._settings.timeout)
+            response = self._session().send(request, timeout=self._settings.timeout)
         except requests.RequestException as exception:
             log.debug("batch of %d: no response (%s)", count, type(exception).__name__)
             return DeliveryError(f"no response from Vitally: {type(exception).__name__}: {exception}"), None
