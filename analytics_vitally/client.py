@@ -14,7 +14,7 @@ from uuid import UUID
 
 from .encoding import encode, format_timestamp, now_timestamp
 from .errors import InvalidMessageError, InvalidTypeError
-from .messages import check, normalize_ids, parameter
+from .messages import normalize_ids, parameter, problems
 from .settings import Settings
 from .transport import Transport
 from .worker import Stats, Worker
@@ -216,7 +216,9 @@ class Client:
         ``messageId`` and ``timestamp`` were made by this client.
         """
         normalize_ids(message)
-        check(message, name, stamped)
+        found = problems(message, name, stamped)
+        if found:
+            raise found[0]
         data = encode(message, name)
         if len(data) > self._max_message_bytes:
             raise InvalidMessageError(

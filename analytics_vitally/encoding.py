@@ -19,7 +19,7 @@ from datetime import date, datetime
 from datetime import time as time_of_day
 from decimal import Decimal
 from enum import Enum
-from typing import Any, Callable, Iterator, Optional, Tuple
+from typing import Any, Callable, Iterable, Iterator, Optional, Tuple
 from uuid import UUID
 
 from .errors import InvalidMessageError, InvalidTypeError
@@ -71,15 +71,13 @@ def _encode_extra(value: Any) -> Any:
 
 
 _encoder = json.JSONEncoder(default=_encode_extra, allow_nan=False, separators=(",", ":"))
-_dumps: Callable[[Any], str] = _encoder.encode
 _make_c_encoder = getattr(json.encoder, "c_make_encoder", None)
-if _make_c_encoder is not None:  # CPython: call the C encoder directly, made once
-    _c_encode = _make_c_encoder(
-        None, _encode_extra, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
-    )
-
-    def _dumps(value: Any) -> str:
-        return "".join(_c_encode(value, 0))
+_chunks: Callable[[Any, int], Iterable[str]] = (
+    # CPython: the C encoder, made once (JSONEncoder.encode makes one per call).
+    _make_c_encoder(None, _encode_extra, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False)
+    if _make_c_encoder is not None
+    else lambda value, level: _encoder.iterencode(value)
+)
 
 
 def encode(message: dict[str, Any], param: Optional[Callable[[str], str]] = None) -> str:
@@ -88,7 +86,7 @@ def encode(message: dict[str, Any], param: Optional[Callable[[str], str]] = None
     ``param`` maps a wire field name to the name shown in errors.
     """
     try:
-        return _dumps(message)
+        return "".join(_chunks(message, 0))
     except (TypeError, ValueError, RecursionError) as error:
         path, problem = _find_unencodable(message) or ("message", str(error))
         head, _, rest = path.partition("[")
@@ -125,7 +123,7 @@ def _find_unencodable(value: Any, path: str = "", parents: Tuple[int, ...] = ())
                 return found
         return None
     try:
-        _dumps(value)
+        "".join(_chunks(value, 0))
     except (TypeError, ValueError, RecursionError) as error:
         return path, f"cannot be sent: {error}"
     return None

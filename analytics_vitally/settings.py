@@ -44,7 +44,7 @@ class Settings:
     on_error: Optional[ErrorCallback] = None
     send: bool = True
     sync_mode: bool = False
-    max_queue_size: int = 10_000
+    max_queue_size: int = 50_000
     upload_size: int = MAX_BATCH_MESSAGES
     upload_interval: float = 0.5
     max_retries: int = 10
