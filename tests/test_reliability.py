@@ -355,16 +355,33 @@ def test_safe_hosts_are_accepted(host: str) -> None:
 def test_tls_certificates_are_verified(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
     monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
-    assert Client("k", subdomain="acme")._transport._session().verify is True
+    assert Client("k", subdomain="acme")._transport._environment["verify"] is True
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/bundle.pem")  # a CA bundle, still verifying
-    assert Client("k", subdomain="acme")._transport._session().verify == "/etc/ssl/certs/bundle.pem"
+    assert Client("k", subdomain="acme")._transport._environment["verify"] == "/etc/ssl/certs/bundle.pem"
 
 
 def test_environment_proxies_are_read_once_and_explicit_ones_win(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
-    assert Client("k", subdomain="acme")._transport._session().proxies == {"https": "http://127.0.0.1:3128"}
+    assert Client("k", subdomain="acme")._transport._environment["proxies"] == {"https": "http://127.0.0.1:3128"}
     explicit = Client("k", subdomain="acme", proxies={"https": "http://127.0.0.1:9"})
-    assert explicit._transport._session().proxies["https"] == "http://127.0.0.1:9"
+    assert explicit._transport._environment["proxies"]["https"] == "http://127.0.0.1:9"
+
+
+def test_proxies_are_used(make_client: MakeClient, receiver: Receiver) -> None:
+    # The receiver plays the proxy: a request through an HTTP proxy carries the full URL.
+    client = make_client(host="http://127.0.0.1:9", proxies={"http": receiver.url})
+    client.track("u", "e")
+    assert client.flush(timeout=10)
+    assert receiver.requests[0].path == "http://127.0.0.1:9/analytics/v1/batch"
+
+
+def test_redirects_are_not_followed(make_client: MakeClient, receiver: Receiver, errors: Errors) -> None:
+    receiver.respond = lambda request: Reply(307, {}, {"Location": "http://127.0.0.1:9/elsewhere"})
+    client = make_client(on_error=collect(errors), **FAST)
+    send(client, 2)
+    assert client.flush(timeout=10)
+    assert len(receiver.requests) == 1
+    assert errors[0][0].status == 307  # type: ignore[attr-defined]
 
 
 def run_script(code: str, **env: str) -> subprocess.CompletedProcess[str]:
