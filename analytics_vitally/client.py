@@ -215,10 +215,12 @@ class Client:
         ``name`` turns wire field names into the names errors use; ``stamped`` means
         ``messageId`` and ``timestamp`` were made by this client.
         """
-        normalize_ids(message)
         found = problems(message, name, stamped)
-        if found:
-            raise found[0]
+        if found:  # integer IDs are fine: make them strings, then look again
+            normalize_ids(message)
+            found = problems(message, name, stamped)
+            if found:
+                raise found[0]
         data = encode(message, name)
         if len(data) > self._max_message_bytes:
             raise InvalidMessageError(

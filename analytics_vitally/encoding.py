@@ -43,13 +43,12 @@ _second_cache: Tuple[int, str] = (-1, "")
 def now_timestamp() -> str:
     """The current time as ``format_timestamp`` writes it, cheaply."""
     global _second_cache
-    now = time.time()
-    second = int(now)
+    second, millisecond = divmod(time.time_ns() // 1_000_000, 1000)
     cached_second, prefix = _second_cache
     if second != cached_second:
         prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         _second_cache = (second, prefix)
-    return f"{prefix}.{int((now - second) * 1000):03d}Z"
+    return f"{prefix}.{millisecond:03d}Z"
 
 
 def _encode_extra(value: Any) -> Any:
