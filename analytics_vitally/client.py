@@ -243,15 +243,12 @@ class Client:
     def shutdown(self, timeout: Optional[float] = None) -> bool:
         """Deliver what is queued, then stop the worker threads; False if ``timeout`` passed first.
 
-        Messages still undelivered after the timeout fail at once and go to on_error.
-        The client can be used again afterwards: its threads start on the next message.
+        After a timeout, delivery goes on in the background (and at exit, within
+        ``exit_timeout``). The client can be used again: its threads start on the next message.
 
             client.shutdown(timeout=5)
         """
-        drained = self._worker.shutdown(timeout)
-        if not drained:
-            self._transport.abort()
-        return drained
+        return self._worker.shutdown(timeout)
 
     def join(self) -> None:
         """Deliver what is queued and stop the worker threads (``shutdown()`` without a timeout)."""
@@ -327,6 +324,7 @@ def _drain_at_exit() -> None:
     deadline = time.monotonic() + max(client.settings.exit_timeout for client in clients)
     for client in clients:
         if not client.shutdown(max(0.0, deadline - time.monotonic())):
+            client._transport.abort()  # the process is ending: stop retrying, report what is left
             log.warning(
                 "%d message(s) still queued at exit after exit_timeout=%ss; they are lost",
                 client.stats().queue_depth,

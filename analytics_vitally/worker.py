@@ -152,9 +152,6 @@ class Worker:
         drained = self.flush(timeout)
         for thread in list(self._threads):
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        with self._cond:
-            if not self._threads:
-                self._stopping = False
         return drained
 
     # The threads' side. -------------------------------------------------------------
@@ -226,6 +223,8 @@ class Worker:
                     if self._stopping and not self._pending:
                         if me in self._threads:
                             self._threads.remove(me)
+                        if not self._threads:
+                            self._stopping = False  # drained: the next message starts threads afresh
                         self._cond.notify_all()
                         return
                     self._cond.wait(self._wait_time())

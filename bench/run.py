@@ -66,9 +66,9 @@ def _defaults(client: str, calls: int) -> Dict[str, Any]:
 
 
 def _no_drops(client: str, calls: int) -> Dict[str, Any]:
-    # All four default to max_queue_size=10,000 and drop (Segment, Rudder, PostHog with only a log line)
-    # once it is full; throughput is only meaningful if every call's message is kept.
-    return {"max_queue_size": max(calls, 10_000)}
+    # The peers default to max_queue_size=10,000 (ours to 50,000) and drop (Segment, Rudder, PostHog with
+    # only a log line) once it is full; throughput is only meaningful if every call's message is kept.
+    return {"max_queue_size": max(calls, 50_000)}
 
 
 def _no_drops_four_threads(client: str, calls: int) -> Dict[str, Any]:
@@ -365,10 +365,10 @@ def report(results: Results, clients: Sequence[str]) -> str:
         )
         out("")
 
-    out("Settings: scenario 1 and memory use every client's defaults (max_queue_size=10,000 for all four, so")
+    out("Settings: scenario 1 and memory use every client's defaults (max_queue_size=10,000 for the peers and")
     out(
-        f"  calls beyond a full queue are dropped: see 'delivered'). Throughput scenarios set max_queue_size="
-        f"{max(calls, 10_000):,} on every client;"
+        "  50,000 for ours, so calls beyond a full queue are dropped: see 'delivered'). Throughput scenarios set "
+        f"max_queue_size={max(calls, 50_000):,} on every client;"
     )
     out("  thread=4 is the `thread` argument of all four (Segment/Rudder: consumer threads; PostHog: consumers).")
     out("  Rudder gzips by default (kept); PostHog's flush_interval is 5 s by default (kept); nobody else gzips.")

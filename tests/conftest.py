@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from typing import Any, Callable, Iterator, List
 
 import pytest
@@ -32,7 +36,8 @@ def make_client(receiver: Receiver) -> Iterator[MakeClient]:
 
     yield make
     for client in clients:
-        client.shutdown(timeout=1)
+        if not client.shutdown(timeout=1):
+            client._transport.abort()  # no retries left running into the next test
 
 
 @pytest.fixture
@@ -46,3 +51,14 @@ def module_api(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     monkeypatch.setattr(analytics_vitally, "_default_client", None)
     yield analytics_vitally
     analytics_vitally.shutdown(timeout=5)
+
+
+def run_script(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter with ``env`` added to the environment."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

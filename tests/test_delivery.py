@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from typing import Any, List, Optional
@@ -19,7 +15,7 @@ from analytics_vitally import Client, ConfigurationError
 from analytics_vitally.settings import SETTING_NAMES
 from analytics_vitally.testing import Receiver, Reply, Request
 
-from .conftest import TOKEN, MakeClient
+from .conftest import TOKEN, MakeClient, run_script
 
 
 def batch_sizes(receiver: Receiver) -> List[int]:
@@ -309,16 +305,6 @@ def test_missing_write_key_or_target_is_explained(monkeypatch: pytest.MonkeyPatc
         Client("k")
     with pytest.raises(TypeError):
         Client("k", subdomain="acme", no_such_setting=1)
-
-
-def run_script(code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_exit_delivers_everything_without_flush(receiver: Receiver) -> None:

@@ -4,10 +4,6 @@ no wait is unbounded."""
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -20,7 +16,7 @@ from analytics_vitally import AuthenticationError, Client, ConfigurationError, D
 from analytics_vitally.testing import Receiver, Reply, Request
 from analytics_vitally.transport import retry_after_seconds
 
-from .conftest import TOKEN, MakeClient
+from .conftest import TOKEN, MakeClient, run_script
 
 Errors = List[Tuple[Exception, List[Any]]]
 FAST = {"retry_wait": 0.01, "upload_interval": 60}
@@ -263,6 +259,19 @@ def test_flush_and_shutdown_are_bounded_when_the_server_never_answers(
     assert time.monotonic() - started < 1.5
 
 
+def test_after_a_timed_out_shutdown_delivery_goes_on(
+    make_client: MakeClient, receiver: Receiver, stalled: threading.Event
+) -> None:
+    client = make_client(timeout=30, **FAST)
+    send(client, 3)
+    assert client.shutdown(timeout=0.3) is False
+    stalled.set()
+    assert client.flush(timeout=10)
+    client.track("u", "later")
+    assert client.flush(timeout=10)
+    assert_each_arrived_once(receiver, 4)
+
+
 def test_calls_never_wait_on_the_network(make_client: MakeClient, stalled: threading.Event) -> None:
     client = make_client(timeout=30, upload_size=1)
     started = time.monotonic()
@@ -382,16 +391,6 @@ def test_redirects_are_not_followed(make_client: MakeClient, receiver: Receiver,
     assert client.flush(timeout=10)
     assert len(receiver.requests) == 1
     assert errors[0][0].status == 307  # type: ignore[attr-defined]
-
-
-def run_script(code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_a_forked_child_delivers_its_own_messages(receiver: Receiver) -> None:
