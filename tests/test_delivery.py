@@ -33,6 +33,7 @@ def test_module_api_sends_every_type_with_the_right_headers(module_api: Any, rec
     )
     assert queued is True
     assert module_api.flush() is True
+    assert (module_api.stats().sent, module_api.stats().batches) == (6, 1)
     assert [m["type"] for m in receiver.messages] == [
         "organization",
         "account",
@@ -56,7 +57,12 @@ def test_module_api_sends_every_type_with_the_right_headers(module_api: Any, rec
 
 def test_module_attributes_are_the_settings() -> None:
     for name in SETTING_NAMES:
-        assert hasattr(analytics_vitally, name), name
+        assert getattr(analytics_vitally, name) == getattr(analytics_vitally.Settings(), name), name
+
+
+def test_module_functions_before_any_call_need_no_client(module_api: Any) -> None:
+    assert module_api.flush(timeout=1) is True and module_api.stats().enqueued == 0
+    assert module_api._default_client is None
 
 
 def test_module_settings_are_checked_at_the_first_call(module_api: Any) -> None:
