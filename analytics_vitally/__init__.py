@@ -18,7 +18,7 @@ import functools
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 from .client import Client, Message, Result
 from .errors import (
@@ -78,6 +78,28 @@ def default_client() -> Client:
                 module = globals()
                 _default_client = Client(**{name: module[name] for name in SETTING_NAMES})
             client = _default_client
+    return client
+
+
+def configure(**settings: Any) -> Client:
+    """Set module settings and make the default client now; ConfigurationError if they are unusable.
+
+    Call it at start-up so a missing or bad setting fails there, not in every request that
+    tracks. A default client made earlier is shut down (within ``exit_timeout``) and replaced.
+
+        analytics.configure(write_key=os.environ["VITALLY_WRITE_KEY"], subdomain="acme")
+    """
+    global _default_client
+    unknown = sorted(set(settings) - set(SETTING_NAMES))
+    if unknown:
+        raise TypeError(f"configure() got unknown setting(s): {', '.join(unknown)}")
+    module = globals()
+    client = Client(**{name: settings.get(name, module[name]) for name in SETTING_NAMES})
+    with _default_lock:
+        module.update(settings)
+        previous, _default_client = _default_client, client
+    if previous is not None:
+        previous.shutdown(timeout=previous.settings.exit_timeout)
     return client
 
 
@@ -149,6 +171,7 @@ __all__ = [
     "Result",
     "Settings",
     "Stats",
+    "configure",
     "custom_object_instance",
     "default_client",
     "flush",

@@ -6,6 +6,7 @@ import atexit
 import logging
 import os
 import random
+import sys
 import time
 import weakref
 from datetime import datetime
@@ -286,10 +287,13 @@ def _or_empty(value: Optional[Message]) -> Message:
 
 def _message_id(value: Any) -> str:
     if isinstance(value, UUID):
-        return str(value)
+        try:
+            return str(value)
+        except Exception as error:  # a subclass's own __str__
+            raise InvalidTypeError("message_id", f"could not be made a string: {type(error).__name__}") from None
     if not isinstance(value, str):
         raise InvalidTypeError("message_id", f"must be a string, not {type(value).__name__}")
-    if not value:
+    if not str.__len__(value):  # str's own: a subclass's __len__ or __bool__ may raise
         raise InvalidMessageError("message_id", "must not be empty")
     return value
 
@@ -299,7 +303,10 @@ def _timestamp(value: Any) -> str:
         raise InvalidTypeError(
             "timestamp", f"must be a datetime, not {type(value).__name__} (naive datetimes are taken as UTC)"
         )
-    return format_timestamp(value)
+    try:
+        return format_timestamp(value)
+    except ValueError as error:  # out of range in UTC, or its tzinfo failed: the text says which
+        raise InvalidMessageError("timestamp", str(error)) from None
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -315,21 +322,46 @@ def _after_fork_in_child() -> None:
     _random.seed()  # the child must not make the parent's message IDs
     for client in list(_clients):
         client._after_fork_in_child()
+    _drain_in_multiprocessing_child()
 
 
 def _drain_at_exit() -> None:
+    """Deliver what every client holds, within the largest exit_timeout; report or count the rest."""
     clients = list(_clients)
     if not clients:
         return
     deadline = time.monotonic() + max(client.settings.exit_timeout for client in clients)
     for client in clients:
-        if not client.shutdown(max(0.0, deadline - time.monotonic())):
-            client._transport.abort()  # the process is ending: stop retrying, report what is left
-            log.warning(
-                "%d message(s) still queued at exit after exit_timeout=%ss; they are lost",
-                client.stats().queue_depth,
+        remaining = max(0.0, deadline - time.monotonic())
+        lost = client._worker.close(remaining, client._transport.abort)
+        if lost:
+            log.error(
+                "%d message(s) not delivered at exit and not reported to on_error within exit_timeout=%ss: "
+                "they are lost",
+                lost,
                 client.settings.exit_timeout,
             )
+
+
+def _drain_in_multiprocessing_child() -> None:
+    """Make the exit drain run in a child that multiprocessing forked.
+
+    Such a child leaves through ``os._exit`` (no atexit), after running multiprocessing's
+    own finalizers. Called at fork, before multiprocessing clears the child's finalizer
+    registry, so the finalizer is registered from multiprocessing's after-fork hook.
+    """
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util.register_after_fork(_drain_at_exit, _register_exit_finalizer)
+
+
+def _register_exit_finalizer(_: object) -> None:
+    util = sys.modules["multiprocessing.util"]
+    util.Finalize(None, _drain_at_exit, exitpriority=_EXIT_PRIORITY)
+
+
+_EXIT_PRIORITY = 20
+"""Runs before multiprocessing's own finalizers (a Pool's at 15, a Queue's at 10), while they still work."""
 
 
 if hasattr(os, "register_at_fork"):

@@ -11,8 +11,10 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable, Dict, List, Optional
-from urllib.parse import urlsplit
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 from .errors import ConfigurationError
 from .messages import MAX_BATCH_MESSAGES
@@ -58,11 +60,20 @@ class Settings:
     exit_timeout: float = 5.0
 
     def resolved(self) -> Settings:
-        """A copy with environment fallbacks applied, checked; ConfigurationError if unusable."""
+        """A copy with environment fallbacks applied, normalised and checked; ConfigurationError if unusable.
+
+        The write key loses leading and trailing whitespace (a key pasted from a file often ends
+        in a newline); a ``host`` given as the full batch URL loses its ``/analytics/v1/batch``.
+        """
         fallbacks: Dict[str, Any] = {
             name: os.environ.get(variable) for name, variable in ENVIRONMENT.items() if not getattr(self, name)
         }
         settings = replace(self, **fallbacks)
+        settings._check_types()
+        if settings.write_key is not None:
+            settings.write_key = settings.write_key.strip()
+        if settings.host is not None:
+            settings.host = _normalized_host(settings.host)
         settings._check()
         return settings
 
@@ -73,6 +84,20 @@ class Settings:
             return self.host.rstrip("/") + BATCH_PATH
         return f"https://{self.subdomain}.api.vitally.io{BATCH_PATH}"
 
+    def _check_types(self) -> None:
+        for name, expected in _TYPES.items():
+            value = getattr(self, name)
+            # bool is an int in Python, but True is no queue size and 1 is no flag.
+            wrong = not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)
+            if wrong:
+                names = " or ".join("None" if kind is type(None) else kind.__name__ for kind in expected)
+                raise ConfigurationError(name, f"must be {names}, not {type(value).__name__}")
+        if self.on_error is not None and not callable(self.on_error):
+            raise ConfigurationError("on_error", "must be a function on_error(exception, messages), or None")
+        for key, value in (self.proxies or {}).items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise ConfigurationError("proxies", "must map schemes to proxy URLs, both strings")
+
     def _check(self) -> None:
         if self.subdomain is not None and not _SUBDOMAIN.match(self.subdomain):
             raise ConfigurationError(
@@ -81,6 +106,8 @@ class Settings:
             )
         if self.host is not None:
             _check_host(self.host)
+        if self.write_key:
+            _check_write_key(self.write_key)
         if self.send:
             if not self.write_key:
                 raise ConfigurationError(
@@ -93,33 +120,117 @@ class Settings:
                     "subdomain",
                     "is not set: pass subdomain (acme for acme.vitally.io) or host, or set VITALLY_SUBDOMAIN",
                 )
-        if not 1 <= self.upload_size <= MAX_BATCH_MESSAGES:
-            raise ConfigurationError("upload_size", f"must be from 1 to {MAX_BATCH_MESSAGES}, not {self.upload_size}")
-        for name in ("max_queue_size", "thread", "max_batch_bytes"):
-            if getattr(self, name) < 1:
-                raise ConfigurationError(name, f"must be at least 1, not {getattr(self, name)}")
-        for name in ("upload_interval", "max_retries", "max_retry_time", "retry_wait", "timeout", "exit_timeout"):
-            if getattr(self, name) < 0:
-                raise ConfigurationError(name, f"must not be negative, not {getattr(self, name)}")
+        for name, (low, high) in _INT_RANGES.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ConfigurationError(name, f"must be from {low} to {high:,}, not {value}")
+        for name in _DURATIONS:
+            value = getattr(self, name)
+            least = 0.001 if name == "timeout" else 0.0
+            if not least <= value <= MAX_SECONDS:  # also false for NaN
+                raise ConfigurationError(
+                    name, f"must be a number of seconds from {least:g} to {MAX_SECONDS:,.0f}, not {value!r}"
+                )
+
+
+MAX_SECONDS = 86_400.0
+"""No duration setting may be longer than a day (and none may be NaN or infinite)."""
+MAX_THREADS = 64
+"""``thread`` at most: more requests in flight than this only adds load on Vitally."""
+
+_TYPES: Dict[str, Tuple[type, ...]] = {
+    "write_key": (str, type(None)),
+    "subdomain": (str, type(None)),
+    "host": (str, type(None)),
+    "debug": (bool,),
+    "log_handler": (logging.Handler, type(None)),
+    "send": (bool,),
+    "sync_mode": (bool,),
+    "max_queue_size": (int,),
+    "upload_size": (int,),
+    "upload_interval": (int, float),
+    "max_retries": (int,),
+    "max_retry_time": (int, float),
+    "retry_wait": (int, float),
+    "timeout": (int, float),
+    "proxies": (dict, type(None)),
+    "thread": (int,),
+    "gzip": (bool,),
+    "max_batch_bytes": (int,),
+    "exit_timeout": (int, float),
+}
+_INT_RANGES = {
+    "upload_size": (1, MAX_BATCH_MESSAGES),
+    "max_queue_size": (1, 10**9),
+    "thread": (1, MAX_THREADS),
+    "max_batch_bytes": (1, 10**9),
+    "max_retries": (0, 10**6),
+}
+_DURATIONS = ("upload_interval", "max_retry_time", "retry_wait", "timeout", "exit_timeout")
+_UNSAFE_IN_URL = re.compile(r"[\\\s\x00-\x1f\x7f]")
+_WRITE_KEY = re.compile(r"[\x20-\x7e]+\Z")
+
+
+def _check_write_key(key: str) -> None:
+    """Refuse what cannot go into an HTTP header as it is, without ever showing the key."""
+    if _WRITE_KEY.match(key):
+        return
+    position, bad = next((i, c) for i, c in enumerate(key) if not "\x20" <= c <= "\x7e")
+    raise ConfigurationError(
+        "write_key",
+        f"has the character U+{ord(bad):04X} at position {position}: the Analytics API token is printable "
+        "ASCII (check for a line break or a stray character pasted with it)",
+    )
+
+
+def _normalized_host(host: str) -> str:
+    trimmed = host.rstrip("/")
+    if trimmed.endswith(BATCH_PATH):  # the whole endpoint was given: keep its base
+        return trimmed[: -len(BATCH_PATH)]
+    return host
 
 
 def _check_host(host: str) -> None:
-    parts = urlsplit(host)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError("host", f"must be a URL such as https://proxy.example.com, not {host!r}")
-    if parts.query or parts.fragment:
-        raise ConfigurationError("host", f"must not have a query or fragment: {host!r}")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    """Judge the address requests will really connect to (parsed by urllib3, as requests does)."""
+    shown = _redacted(host)
+    if _UNSAFE_IN_URL.search(host):
+        raise ConfigurationError("host", f"must not contain spaces, backslashes or control characters: {shown}")
+    try:
+        parts = parse_url(host)
+    except LocationParseError:
+        raise ConfigurationError("host", f"is not a valid URL (check the port, 1 to 65535): {shown}") from None
+    if parts.scheme not in ("http", "https") or not parts.host or "://" not in host:
+        raise ConfigurationError("host", f"must be a URL such as https://proxy.example.com, not {shown}")
+    if parts.auth is not None or "@" in (parts.netloc or ""):
         raise ConfigurationError(
-            "host", f"must use https:// (plain http is only allowed for localhost and 127.0.0.1), not {host!r}"
+            "host", f"must not carry a user name or password (the write key is the credential): {shown}"
         )
+    if parts.port is not None and not 1 <= parts.port <= 65535:
+        raise ConfigurationError("host", f"has a port outside 1 to 65535: {shown}")
+    if parts.query is not None or parts.fragment is not None:
+        raise ConfigurationError("host", f"must not have a query or fragment: {shown}")
+    if parts.scheme == "http" and not _is_loopback(parts.host):
+        raise ConfigurationError(
+            "host", f"must use https:// (plain http is only allowed for localhost and 127.0.0.1), not {shown}"
+        )
+
+
+def _redacted(host: str) -> str:
+    """``host`` for an error message: anything that could be a password replaced by ***."""
+    scheme, separator, rest = host.partition("://")
+    if not separator:
+        scheme, rest = "", host
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return repr(f"{scheme}{separator}{authority}{slash}{path}")
 
 
 def _is_loopback(hostname: str) -> bool:
     if hostname == "localhost":
         return True
     try:
-        return ipaddress.ip_address(hostname).is_loopback
+        return ipaddress.ip_address(hostname.strip("[]")).is_loopback
     except ValueError:
         return False
 

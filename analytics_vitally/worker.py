@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, replace
-from typing import Callable, Deque, List, Optional
+from typing import Callable, Deque, Dict, List, Optional
 
 from .settings import Settings
 from .transport import Outcome
@@ -59,12 +59,17 @@ class Worker:
 
     def _reset(self) -> None:
         self._pending: Deque[str] = deque()
-        self._cond = threading.Condition(threading.Lock())
+        # Re-entrant: a signal handler that calls flush() while this thread is inside a locked
+        # section (track(), stats()) must get the lock, not deadlock; its wait releases it.
+        self._cond = threading.Condition(threading.RLock())
+        self._local = threading.local()  # .flushing: a flush on this thread is waiting
         self._threads: List[threading.Thread] = []
         self._taken = 0
-        self._in_flight: List[int] = []  # queue position of each batch being delivered
+        self._in_flight: Dict[int, int] = {}  # queue position -> size of each batch being delivered
         self._flush_to = 0
         self._stopping = False
+        self._closed = False
+        self._sent_in_sync_mode = 0
         self._nudged = False
         self._oldest: Optional[float] = None
         self._stats = Stats()
@@ -77,9 +82,9 @@ class Worker:
     # The caller's side. --------------------------------------------------------------
 
     def put(self, item: str) -> bool:
-        """Queue one encoded message; False (and counted) if the queue is full."""
+        """Queue one encoded message; False (and counted) if the queue is full or closed."""
         pending = self._pending
-        if len(pending) >= self._capacity:
+        if len(pending) >= self._capacity:  # close() sets the capacity to 0: one test on the hot path
             self._drop()
             return False
         pending.append(item)
@@ -95,7 +100,7 @@ class Worker:
     def deliver_now(self, item: str) -> bool:
         """Deliver one message on the calling thread (sync_mode); True if Vitally took it."""
         with self._cond:
-            self._taken += 1
+            self._sent_in_sync_mode += 1  # not _taken: flush() must never wait for these
         outcome = self._deliver([item])
         with self._cond:
             self._record(outcome)
@@ -109,6 +114,13 @@ class Worker:
             if now - self._drop_logged_at < DROP_LOG_INTERVAL:
                 return
             count, self._drops_unlogged, self._drop_logged_at = self._drops_unlogged, 0, now
+        if self._closed:
+            log.warning(
+                "dropped %d message(s) made after the exit drain (for example in a late atexit handler): "
+                "nothing sends them any more",
+                count,
+            )
+            return
         log.warning(
             "queue full (max_queue_size=%d): dropped %d message(s); Vitally is slow or unreachable, "
             "or messages are made faster than they can be sent",
@@ -118,33 +130,34 @@ class Worker:
 
     def stats(self) -> Stats:
         with self._cond:
-            return replace(self._stats, enqueued=self._taken + len(self._pending), queue_depth=len(self._pending))
+            return replace(
+                self._stats,
+                enqueued=self._taken + len(self._pending) + self._sent_in_sync_mode,
+                queue_depth=len(self._pending),
+            )
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Wait until every message queued before the call is delivered or failed.
 
-        Returns False if ``timeout`` seconds passed first.
+        Returns False if ``timeout`` seconds passed first, and at once when waiting could
+        never end: on a worker thread (from ``on_error``), or nested in a flush that a
+        signal handler interrupted on this thread.
         """
-        if threading.current_thread() in self._threads:
-            log.warning("flush() called from on_error on the worker thread: it would wait for itself; skipped")
+        if self._on_worker_thread("flush()"):
             return False
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            target = self._taken + len(self._pending)
-            self._flush_to = max(self._flush_to, target)
-            self._cond.notify_all()
-            while not self._done(target):
-                remaining = _LIVENESS_CHECK if deadline is None else deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                if not any(thread.is_alive() for thread in self._threads) and not self._start_locked():
-                    self._drain_here()
-                    continue
-                self._cond.wait(min(remaining, _LIVENESS_CHECK))
-        return True
+        if getattr(self._local, "flushing", False):
+            log.debug("flush() called while a flush() on the same thread was waiting (a signal handler?): skipped")
+            return False
+        self._local.flushing = True
+        try:
+            return self._wait_for(self._target(), None if timeout is None else time.monotonic() + timeout)
+        finally:
+            self._local.flushing = False
 
     def shutdown(self, timeout: Optional[float] = None) -> bool:
         """Deliver everything queued, then stop the threads; False if ``timeout`` passed first."""
+        if self._on_worker_thread("shutdown()"):
+            return False
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             self._stopping = True
@@ -154,6 +167,66 @@ class Worker:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return drained
 
+    def close(self, timeout: float, before_abandoning: Callable[[], None]) -> int:
+        """The exit drain: deliver within ``timeout``, then refuse new messages for good.
+
+        When a quarter of ``timeout`` (at most a second) is left and messages are still
+        undelivered, ``before_abandoning()`` is called (the transport stops retrying and ends
+        requests in flight, so each batch fails at once and is reported), and the rest of the
+        time goes to reporting. Returns how many messages were neither delivered nor reported.
+        """
+        deadline = time.monotonic() + timeout
+        reserve = min(1.0, timeout / 4)
+        done = self.shutdown(max(0.0, timeout - reserve))
+        if not done:
+            before_abandoning()
+            # Batches now fail without a request. One more thread reports them, in case every
+            # worker thread is stuck (in a request that could not be ended, or in on_error).
+            with self._cond:
+                self._start_locked(extra=1)
+            done = self.shutdown(max(0.0, deadline - time.monotonic()))
+        with self._cond:
+            self._closed = True
+            self._capacity = 0
+            left = len(self._pending) + sum(self._in_flight.values())
+            self._pending.clear()
+        return 0 if done else left
+
+    def _on_worker_thread(self, call: str) -> bool:
+        if threading.current_thread() in self._threads:
+            log.warning("%s called from on_error on the worker thread: it would wait for itself; skipped", call)
+            return True
+        return False
+
+    def _target(self) -> int:
+        with self._cond:
+            target = self._taken + len(self._pending)
+            self._flush_to = max(self._flush_to, target)
+            self._cond.notify_all()
+            return target
+
+    def _wait_for(self, target: int, deadline: Optional[float]) -> bool:
+        while True:
+            with self._cond:
+                if self._done(target):
+                    return True
+                remaining = _LIVENESS_CHECK if deadline is None else deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                batch: Optional[List[str]] = None
+                if not any(thread.is_alive() for thread in self._threads) and not self._start_locked():
+                    # No thread can run (interpreter shutdown): deliver on this thread, unlocked.
+                    self._flush_to = max(self._flush_to, self._taken + len(self._pending))
+                    batch = self._take()
+                    if batch is None:
+                        self._cond.wait(min(remaining, _LIVENESS_CHECK))
+                        continue
+                else:
+                    self._cond.wait(min(remaining, _LIVENESS_CHECK))
+                    continue
+                start = self._taken - len(batch)
+            self._send(batch, start)
+
     # The threads' side. -------------------------------------------------------------
 
     def _start(self) -> None:
@@ -161,10 +234,10 @@ class Worker:
             if not self._threads:
                 self._start_locked()
 
-    def _start_locked(self) -> bool:
+    def _start_locked(self, extra: int = 0) -> bool:
         self._threads = [thread for thread in self._threads if thread.is_alive()]
         try:
-            while len(self._threads) < self._thread_count:
+            while len(self._threads) < self._thread_count + extra:
                 thread = threading.Thread(target=self._run, name="analytics_vitally", daemon=True)
                 thread.start()
                 self._threads.append(thread)
@@ -200,7 +273,7 @@ class Worker:
             if batch and size > self._max_bytes:
                 break
             batch.append(pending.popleft())
-        self._in_flight.append(self._taken)
+        self._in_flight[self._taken] = len(batch)
         self._taken += len(batch)
         self._nudged = False
         if not pending:
@@ -236,26 +309,13 @@ class Worker:
         outcome = Outcome(failed=len(batch))
         try:
             outcome = self._deliver(batch)
-        except Exception:  # a bug must not kill the thread or hang flush()
-            log.exception("delivering a batch of %d failed", len(batch))
+        except Exception:  # a bug must not kill the thread or hang flush(); the ERROR log says what is lost
+            log.exception("%d message(s) not delivered: delivering their batch raised", len(batch))
         finally:
             with self._cond:
-                self._in_flight.remove(start)
+                del self._in_flight[start]
                 self._record(outcome)
                 self._cond.notify_all()
-
-    def _drain_here(self) -> None:
-        """No thread can run (interpreter shutdown): deliver on this thread (lock held)."""
-        self._flush_to = max(self._flush_to, self._taken + len(self._pending))
-        batch = self._take()
-        if batch is None:
-            return
-        start = self._taken - len(batch)
-        self._cond.release()
-        try:
-            self._send(batch, start)
-        finally:
-            self._cond.acquire()
 
     def _record(self, outcome: Outcome) -> None:
         stats = self._stats

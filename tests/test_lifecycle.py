@@ -1,0 +1,190 @@
+"""Real process lifecycles: multiprocessing children, signal handlers, the exit drain with Vitally
+down, calls made after it. Each runs in a fresh interpreter against a server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+from typing import Iterator, List
+
+import pytest
+
+from analytics_vitally import Client
+from analytics_vitally.testing import Receiver
+
+from .conftest import TOKEN, MakeClient, run_script
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that takes connections (in the kernel's backlog) and never answers."""
+    server = socket.create_server(("127.0.0.1", 0), backlog=64)
+    yield server.getsockname()[1]
+    server.close()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    probe = socket.create_server(("127.0.0.1", 0))
+    port: int = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork")
+@pytest.mark.parametrize("how", ["process", "pool"])
+def test_multiprocessing_children_deliver_without_flush(receiver: Receiver, how: str) -> None:
+    # Children started with fork leave through os._exit: no atexit, only multiprocessing's finalizers.
+    done = run_script(
+        f"""
+        import multiprocessing
+        from analytics_vitally import Client
+
+        client = Client({TOKEN!r}, host={receiver.url!r}, upload_interval=60)
+
+        def work(n):
+            for i in range(150):
+                client.track("u", "e", {{"child": n, "i": i}})
+            return n
+
+        if __name__ == "__main__":
+            context = multiprocessing.get_context("fork")
+            if {how!r} == "process":
+                children = [context.Process(target=work, args=(n,)) for n in range(4)]
+                for child in children:
+                    child.start()
+                for child in children:
+                    child.join()
+            else:
+                pool = context.Pool(4)
+                pool.map(work, range(4), chunksize=1)
+                pool.close()
+                pool.join()
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert receiver.wait_for(600, timeout=10)
+    ids = receiver.message_ids()
+    assert (len(ids), len(set(ids))) == (600, 600)
+
+
+SIGNAL_SCRIPT = """
+    import signal, sys, time
+    from analytics_vitally import Client
+
+    client = Client({token!r}, host={url!r}, upload_interval=0.01)
+    results = []
+
+    def handler(signum, frame):
+        results.append(client.flush(timeout=1))
+
+    signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)  # lands inside track(), stats(), flush()
+    started, calls = time.monotonic(), 0
+    while time.monotonic() - started < 1.0:
+        client.track("u", "e", {{"i": calls}})
+        client.stats()
+        calls += 1
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    print(calls, len(results), client.flush(timeout=10), flush=True)
+"""
+
+
+def test_flush_from_a_signal_handler_never_deadlocks_or_nests(receiver: Receiver) -> None:
+    started = time.monotonic()
+    done = run_script(SIGNAL_SCRIPT.format(token=TOKEN, url=receiver.url))
+    assert done.returncode == 0, done.stderr[-2000:]
+    calls, handled, flushed = done.stdout.split()
+    assert int(handled) > 50 and flushed == "True"
+    assert "RecursionError" not in done.stderr
+    assert receiver.wait_for(int(calls), timeout=10)
+    assert len(set(receiver.message_ids())) == int(calls)
+    assert time.monotonic() - started < 30
+
+
+EXIT_SCRIPT = """
+    import json, sys, threading
+    from analytics_vitally import Client
+
+    lock = threading.Lock()
+
+    def on_error(error, messages):
+        with lock:
+            sys.stdout.write(json.dumps([m["messageId"] for m in messages]) + "\\n")
+            sys.stdout.flush()
+
+    client = Client({token!r}, host="http://127.0.0.1:{port}", exit_timeout={exit_timeout}, timeout=30,
+                    retry_wait=0.05, upload_size=10, on_error=on_error)
+    for i in range(250):
+        client.track("u", "e", {{"i": i}})
+"""
+
+
+@pytest.mark.parametrize("server", ["never answers", "down"])
+def test_at_exit_every_undelivered_message_goes_to_on_error_once(
+    server: str, silent_port: int, closed_port: int
+) -> None:
+    port = silent_port if server == "never answers" else closed_port
+    started = time.monotonic()
+    done = run_script(EXIT_SCRIPT.format(token=TOKEN, port=port, exit_timeout=1.5))
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr[-2000:]
+    reported: List[str] = [i for line in done.stdout.splitlines() for i in json.loads(line)]
+    assert len(reported) == 250, done.stderr[-2000:]
+    assert len(set(reported)) == 250
+    assert "they are lost" not in done.stderr
+    assert took < 1.5 + 3  # exit_timeout plus the interpreter's start and end
+
+
+def test_at_exit_what_cannot_be_reported_in_time_is_counted_exactly(silent_port: int) -> None:
+    done = run_script(
+        f"""
+        import time
+        from analytics_vitally import Client
+
+        client = Client({TOKEN!r}, host="http://127.0.0.1:{silent_port}", exit_timeout=0.5, timeout=30,
+                        upload_size=10, on_error=lambda error, messages: time.sleep(60))
+        for i in range(250):
+            client.track("u", "e", {{"i": i}})
+        """
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "250 message(s) not delivered at exit" in done.stderr
+
+
+def test_a_call_after_the_exit_drain_is_refused_and_counted(receiver: Receiver) -> None:
+    done = run_script(
+        f"""
+        import atexit
+
+        def late():  # registered before the library's drain, so it runs after it
+            result = client.track("u", "late")[0]
+            print(result, client.stats().dropped, flush=True)
+
+        atexit.register(late)
+        from analytics_vitally import Client
+        client = Client({TOKEN!r}, host={receiver.url!r})
+        client.track("u", "early")
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "1"]
+    assert "after the exit drain" in done.stderr
+    assert receiver.wait_for(1)
+    assert [m["event"] for m in receiver.messages] == ["early"]
+
+
+def test_shutdown_from_on_error_returns_false(make_client: MakeClient, caplog: pytest.LogCaptureFixture) -> None:
+    results: List[bool] = []
+    client: Client
+
+    def on_error(error: Exception, messages: List[object]) -> None:
+        results.append(client.shutdown(timeout=5))
+
+    client = make_client(write_key="wrong", on_error=on_error)
+    client.track("u", "e")
+    assert client.flush(timeout=10)
+    assert results == [False]
+    assert "shutdown() called from on_error" in caplog.text
