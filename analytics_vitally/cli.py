@@ -18,10 +18,14 @@ correct when it is stopped and run again:
   got: line, byte offset and the SHA-256 of the bytes before it. A later run skips
   those bytes if they are unchanged, so after a kill at most the lines since the
   last checkpoint are sent again (and Vitally drops them as duplicates).
-- Only lines that break the rules or that Vitally refuses (400, 413) are rejected:
-  reported as FILE:LINE, written to the ``--rejects`` file, and checkpointed past.
-  When delivery itself fails (401, no answer, retries used up) it stops without
-  checkpointing, so the next run sends those lines again.
+- Only lines that break the rules, cannot be read (not JSON, nested too deeply...)
+  or that Vitally refuses (400, 413) are rejected: reported as FILE:LINE, written to
+  the ``--rejects`` file, and checkpointed past. When delivery itself fails (401, no
+  answer, retries used up) it stops without checkpointing, so the next run sends
+  those lines again.
+- A file's last line without a newline may still be being written: it is sent if it
+  reads as JSON, but progress is never saved past it, so the next run reads it again
+  (with the same line number, so the same derived messageId).
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ from dateutil.parser import isoparse
 from .client import Client, Message
 from .encoding import format_timestamp
 from .errors import ConfigurationError, DeliveryError, InvalidMessageError
-from .messages import MAX_BATCH_MESSAGES
+from .messages import MAX_BATCH_MESSAGES, RULES
+from .settings import MAX_THREADS
 from .version import VERSION
 
 DEFAULT_STATE = "analytics-vitally-state.json"
@@ -62,6 +67,16 @@ REFUSED_STATUSES = frozenset({400, 413})
 _MESSAGE_IDS = uuid5(NAMESPACE_URL, "urn:analytics-vitally:import")
 """Never change it: derived messageIds must stay the same from one version to the next."""
 _USAGE_ERROR = 2
+
+MAX_WORKERS = MAX_THREADS
+"""``--workers`` at most (the client's ``thread`` limit): at 200 ms per request, 64 requests in
+flight carry about 32,000 messages/s, more than the importer parses; more only loads Vitally."""
+RATE_LIMITS = (0.01, 1000.0)
+"""``--rate`` bounds: one request per 100 s at least; 1000 requests/s (100,000 messages/s) is
+already more than the importer can read, so a higher cap would be no cap."""
+MAX_CHECKPOINT_EVERY = 100_000
+"""``--checkpoint-every`` at most: the lines since the last checkpoint are held in memory (to
+name a line Vitally refuses) and resent after a kill."""
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -87,18 +102,29 @@ class _UsageError(Exception):
     """A problem with the command line or its files, found before anything was sent."""
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def _int_from(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high``."""
+
+    def integer(text: str) -> int:
+        value = int(text)  # ValueError: argparse says "invalid integer value"
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low:,} to {high:,}, not {text}")
+        return value
+
+    return integer
 
 
-def _positive_float(text: str) -> float:
+def _rate(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    low, high = RATE_LIMITS
+    if not low <= value <= high:  # also false for nan
+        raise argparse.ArgumentTypeError(
+            f"must be from {low:g} to {high:g} requests per second, not {text} (leave --rate out for no cap)"
+        )
     return value
+
+
+_rate.__name__ = "number"  # argparse names the type in "invalid number value"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -121,13 +147,19 @@ def _parser() -> argparse.ArgumentParser:
     command.add_argument(
         "--host", help="send to this base URL instead, such as http://127.0.0.1:8765 (default: $VITALLY_HOST)"
     )
-    command.add_argument("--workers", type=_positive_int, default=4, help="requests in flight at once (default: 4)")
+    command.add_argument(
+        "--workers",
+        type=_int_from(1, MAX_WORKERS),
+        default=4,
+        metavar="N",
+        help=f"requests in flight at once, 1 to {MAX_WORKERS} (default: 4)",
+    )
     command.add_argument(
         "--rate",
-        type=_positive_float,
+        type=_rate,
         metavar="N",
-        help="at most N batch requests per second (default: no cap; the Analytics API's limit is not documented; "
-        "429 answers are honoured either way)",
+        help=f"at most N batch requests per second, {RATE_LIMITS[0]:g} to {RATE_LIMITS[1]:g} (default: no cap; "
+        "the Analytics API's limit is not documented; 429 answers are honoured either way)",
     )
     command.add_argument(
         "--rejects",
@@ -140,10 +172,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     command.add_argument(
         "--checkpoint-every",
-        type=_positive_int,
+        type=_int_from(1, MAX_CHECKPOINT_EVERY),
         default=1000,
         metavar="N",
-        help="save progress every N lines; at most N lines are sent again after a kill (default: 1000)",
+        help=f"save progress every N lines, up to {MAX_CHECKPOINT_EVERY:,}; at most N lines are sent again after "
+        "a kill (default: 1000)",
     )
     command.add_argument("--restart", action="store_true", help="ignore saved progress: send the files from the start")
     command.add_argument("--dry-run", action="store_true", help="check every line, send nothing, save no progress")
@@ -156,7 +189,7 @@ def _parser() -> argparse.ArgumentParser:
         "GET /messages lists what was accepted. Runs until Ctrl-C.",
     )
     command.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"0 picks a free port (default: {DEFAULT_PORT})"
+        "--port", type=_int_from(0, 65535), default=DEFAULT_PORT, help=f"0 picks a free port (default: {DEFAULT_PORT})"
     )
     command.add_argument("--token", default="test-token", help="the write key to accept (default: test-token)")
     command.add_argument("--save", metavar="FILE", help="append every accepted message to FILE as JSON Lines")
@@ -171,21 +204,40 @@ def _wire_name(field: str) -> str:
     return field
 
 
-def _parse_line(text: str, source: str, number: int) -> Message:
-    """The message on line ``number`` of ``source`` (a file's name), ready for ``Client._enqueue``.
-
-    Top-level nulls are left out (as the client's methods leave out None), an ISO 8601
-    ``timestamp`` is rewritten in Vitally's form, and a missing ``messageId`` is derived
-    from ``source``, ``number`` and ``text``. Raises InvalidMessageError.
-    """
+def _read_json(text: str) -> Any:
+    """``json.loads(text)``, or InvalidMessageError saying why the line cannot be read."""
     try:
-        value = json.loads(text)
-    except ValueError as error:
-        problem = f"at column {error.colno}: {error.msg}" if isinstance(error, json.JSONDecodeError) else str(error)
-        raise InvalidMessageError("line", f"is not valid JSON {problem}") from None
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidMessageError("line", f"is not valid JSON at column {error.colno}: {error.msg}") from None
+    except RecursionError:
+        raise InvalidMessageError("line", _TOO_DEEP) from None
+    except ValueError as error:  # such as a number longer than Python's digit limit
+        raise InvalidMessageError("line", f"is not valid JSON: {_one_line(str(error))}") from None
+    except Exception as error:  # whatever one line holds, it rejects only that line
+        raise InvalidMessageError("line", f"cannot be read: {type(error).__name__}: {_one_line(str(error))}") from None
+
+
+_TOO_DEEP = f"is nested too deeply (arrays and objects about {sys.getrecursionlimit()} levels deep or more)"
+
+
+def _message(value: Any, text: str, source: str, number: int) -> Message:
+    """The message that line ``number`` of ``source`` (a file's name) holds, ready for ``Client._enqueue``.
+
+    ``value`` is the line's JSON and ``text`` the line. Top-level nulls are left out and an
+    absent ``traits``/``properties`` becomes ``{}`` (as the client's methods do for None), an
+    ISO 8601 ``timestamp`` is rewritten in Vitally's form, and a missing ``messageId`` is
+    derived from ``source``, ``number`` and ``text``. Raises InvalidMessageError.
+    """
     if not isinstance(value, dict):
         raise InvalidMessageError("line", f"must be a JSON object (one message per line), not {type(value).__name__}")
     message = {key: item for key, item in value.items() if item is not None}
+    kind = message.get("type")
+    rule = RULES.get(kind) if isinstance(kind, str) else None
+    if rule is not None:
+        for key in rule.object_fields:
+            if key not in message:
+                message[key] = {}
     timestamp = message.get("timestamp")
     if isinstance(timestamp, str):
         message["timestamp"] = _timestamp(timestamp)
@@ -318,9 +370,17 @@ class _Import:
         if source.path is None:
             return
         saved = None if self.dry_run or self.args.restart else self.saved.get(source.path)
-        offset = saved.get("offset") if isinstance(saved, dict) else None
+        problem = None if saved is None else _state_problem(saved)
+        if problem is not None:
+            print(
+                f"ignoring the saved progress of {source.name} in {self.args.state} ({problem}): "
+                "sending it from the start",
+                file=sys.stderr,
+            )
+            saved = None
         with open(source.path, "rb") as stream:
-            if isinstance(saved, dict) and isinstance(offset, int) and offset > 0:
+            if saved is not None and saved["offset"] > 0:
+                offset: int = saved["offset"]
                 digest = hashlib.sha256()
                 remaining = offset
                 while remaining > 0:
@@ -329,11 +389,11 @@ class _Import:
                         break
                     digest.update(chunk)
                     remaining -= len(chunk)
-                if remaining == 0 and digest.hexdigest() == saved.get("sha256"):
+                if remaining == 0 and digest.hexdigest() == saved["sha256"]:
                     source.offset, source.digest = offset, digest
-                    source.line = source.checkpoint_line = int(saved.get("line", 0))
-                    source.skipped = int(saved.get("read", 0))
-                    source.rejected = source.earlier_rejected = int(saved.get("rejected", 0))
+                    source.line = source.checkpoint_line = saved["line"]
+                    source.skipped = saved["read"]
+                    source.rejected = source.earlier_rejected = saved["rejected"]
                 else:
                     print(f"{source.name} changed since the saved progress: sending it from the start", file=sys.stderr)
                 stream.seek(0)
@@ -350,7 +410,7 @@ class _Import:
                         record = json.loads(entry)
                         if 0 < int(record["line"]) <= resumed.get(record["file"], 0):
                             kept.append(entry)
-                    except (ValueError, KeyError, TypeError):
+                    except (ValueError, KeyError, TypeError, RecursionError):
                         continue
         except FileNotFoundError:
             return
@@ -383,11 +443,15 @@ class _Import:
         try:
             if source.offset:
                 stream.seek(source.offset)
+            unfinished: Optional[bytes] = None
             for raw in stream:
+                if source.path is not None and not raw.endswith(b"\n"):
+                    unfinished = raw  # the file's writer may not have finished this line yet
+                    break
                 source.line += 1
                 source.offset += len(raw)
                 source.digest.update(raw)
-                self._send_line(source, raw)
+                self._send_line(source, raw, source.line)
                 self.progress.advance()
                 if self.failure is not None:
                     raise _Stop
@@ -397,44 +461,77 @@ class _Import:
                     raise _Stop
                 if source.since_checkpoint >= self.every:
                     self._checkpoint(source, done=False)
-            self._checkpoint(source, done=True)
+            self._checkpoint(source, done=unfinished is None)
+            if unfinished is not None:
+                # Sent if it reads as JSON (it may be complete), but never checkpointed past:
+                # the next run reads it again as the same line number, so its messageId is the same.
+                self._send_line(source, unfinished, source.line + 1, unfinished=True)
+                self.progress.advance()
+                self.client.flush()
+                if self.failure is not None:
+                    raise _Stop
         finally:
             if stream is not sys.stdin.buffer:
                 stream.close()
 
-    def _send_line(self, source: _Source, raw: bytes) -> None:
+    def _send_line(self, source: _Source, raw: bytes, number: int, unfinished: bool = False) -> None:
+        """Check line ``number`` and queue it, or reject it. Any problem of one line rejects only that line.
+
+        An ``unfinished`` line (the last one, without a newline) that is not UTF-8 JSON yet is
+        neither sent nor rejected: the next run reads it again.
+        """
         try:
             text = raw.decode("utf-8").strip().lstrip("\ufeff")
         except UnicodeDecodeError as error:
+            if unfinished:
+                self._wait_for_rest(source, number)
+                return
             source.read += 1
+            source.since_checkpoint += 1
             reason = f"line is not UTF-8 text ({error.reason} at byte {error.start})"
-            self._reject(source, source.line, reason, raw.decode("utf-8", "replace").strip())
+            self._reject(source, number, reason, raw.decode("utf-8", "replace").strip())
             return
         if not text:
+            return
+        try:
+            value = _read_json(text)
+        except InvalidMessageError as error:
+            if unfinished:
+                self._wait_for_rest(source, number)
+                return
+            source.read += 1
+            source.since_checkpoint += 1
+            self._reject(source, number, str(error), text)
             return
         source.read += 1
         source.since_checkpoint += 1
         try:
-            message = _parse_line(text, source.key, source.line)
-        except InvalidMessageError as error:
-            self._reject(source, source.line, str(error), text)
+            message = _message(value, text, source.key, number)
+            message_id = str(message["messageId"])
+        except Exception as error:  # InvalidMessageError, or OverflowError, RecursionError...
+            self._reject(source, number, _problem(error), text)
             return
-        message_id = str(message["messageId"])
-        self.pending[message_id] = (source, source.line, text)  # before a worker can report on it
+        self.pending[message_id] = (source, number, text)  # before a worker can report on it
         self._wait_for_rate()
         try:
             queued, _ = self.client._enqueue(message, _wire_name)
             if not queued:  # the queue is full: let it drain, then queue again
                 self.client.flush()
                 queued, _ = self.client._enqueue(message, _wire_name)
-        except InvalidMessageError as error:
-            del self.pending[message_id]
-            self._reject(source, source.line, str(error), text)
+        except Exception as error:  # as above: the rules, or a value the encoder cannot take
+            self.pending.pop(message_id, None)
+            self._reject(source, number, _problem(error), text)
             return
         self.valid += 1
         self._count_for_rate()
         if not queued:
-            self._reject(source, source.line, "not queued: the client's queue stayed full", text)
+            self._reject(source, number, "not queued: the client's queue stayed full", text)
+
+    def _wait_for_rest(self, source: _Source, number: int) -> None:
+        self.progress.write(
+            f"{source.name}:{number}: incomplete last line (no newline at the end, not JSON yet), "
+            "will be read again by the next run"
+        )
 
     # With --rate, messages are queued in bursts of one batch, one burst per 1/rate seconds.
 
@@ -442,9 +539,9 @@ class _Import:
         if self.rate_interval is None or self.dry_run or self.burst:
             return
         now = time.monotonic()
-        if self.next_request > now:
-            time.sleep(self.next_request - now)
-            now = self.next_request
+        while self.next_request > now and not self.signal:  # a signal ends the wait (--rate 0.01: 100 s)
+            time.sleep(min(self.next_request - now, 0.25))
+            now = time.monotonic()
         self.next_request = max(now, self.next_request) + self.rate_interval
 
     def _count_for_rate(self) -> None:
@@ -568,11 +665,32 @@ def _load_state(path: str) -> Dict[str, Any]:
             files = json.load(stream).get("files")
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError, AttributeError) as error:
+    except (OSError, ValueError, AttributeError, RecursionError) as error:
         # A half-written state (power loss) only costs resending: message IDs make that safe.
-        print(f"ignoring the unreadable progress file {path}: {error}", file=sys.stderr)
+        print(f"ignoring the unreadable progress file {path}: {_one_line(str(error))}", file=sys.stderr)
         return {}
     return files if isinstance(files, dict) else {}
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def _state_problem(entry: Any) -> Optional[str]:
+    """What is wrong with one file's saved progress (``_Source.state``), or None if it can be used."""
+    if not isinstance(entry, dict):
+        return f"an entry must be an object, not {type(entry).__name__}"
+    for name in ("line", "offset", "read", "rejected"):
+        value = entry.get(name)
+        if type(value) is not int or value < 0:  # bool is an int, but not a count
+            return f"{name} must be a whole number of at least 0, not {_one_line(repr(value), 40)}"
+    sha256 = entry.get("sha256")
+    if not isinstance(sha256, str) or not _SHA256.match(sha256):
+        return f"sha256 must be 64 hex digits, not {_one_line(repr(sha256), 40)}"
+    if "done" in entry and not isinstance(entry["done"], bool):
+        return f"done must be true or false, not {_one_line(repr(entry['done']), 40)}"
+    if not entry["rejected"] <= entry["read"] <= entry["line"] <= entry["offset"]:
+        return "its counts do not fit together (rejected <= read <= line <= offset)"
+    return None
 
 
 def _write_atomically(path: str, text: str) -> None:
@@ -580,6 +698,15 @@ def _write_atomically(path: str, text: str) -> None:
     with open(temporary, "w", encoding="utf-8") as stream:
         stream.write(text)
     os.replace(temporary, path)
+
+
+def _problem(error: Exception) -> str:
+    """What FILE:LINE says for ``error`` from checking or queueing a line."""
+    if isinstance(error, InvalidMessageError):
+        return str(error)
+    if isinstance(error, RecursionError):
+        return f"line {_TOO_DEEP}"
+    return f"line cannot be sent: {type(error).__name__}: {_one_line(str(error))}"
 
 
 def _one_line(text: str, limit: int = 500) -> str:

@@ -9,6 +9,7 @@ import random
 import sys
 import time
 import weakref
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Callable, Dict, Optional, Tuple
 from uuid import UUID
@@ -257,7 +258,7 @@ class Client:
 
     def stats(self) -> Stats:
         """A snapshot of the counters: enqueued, sent, failed, dropped, retried, batches, queue_depth."""
-        return self._worker.stats()
+        return replace(self._worker.stats(), retried=self._transport.retries)  # counted as they happen
 
     def _after_fork_in_child(self) -> None:
         self._worker.reset_after_fork()

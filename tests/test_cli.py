@@ -5,6 +5,7 @@ The ``receiver`` fixture (conftest.py) is a started ``Receiver`` taking the toke
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -15,7 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 import requests
@@ -445,3 +446,197 @@ def test_quickstart_sends_one_message_of_each_type() -> None:
     assert "accepted 6 message(s)" in result.stdout
     shown = re.findall(r"^\s+(\w+)\s+\{", result.stdout, re.MULTILINE)
     assert sorted(shown) == sorted(["organization", "account", "user", "track", "customobjectinstance", "unlink"])
+
+
+# Hostile input and growing files (issue 8) -------------------------------------------
+
+
+def test_a_line_that_cannot_be_read_is_rejected_and_the_rest_delivered(receiver: Receiver, tmp_path: Path) -> None:
+    good = track_lines(3)
+    deep = "[" * 10_000 + "]" * 10_000
+    lines = [
+        good[0],
+        '{"type":"track","userId":"1","event":"e","properties":{"a":' + deep + "}}",  # 2: RecursionError
+        good[1],
+        '{"type":"track","userId":"1","event":"e","properties":{"a":' + "9" * 5000 + "}}",  # 4: digit limit
+        '{"type":"track","userId":"1","event":"e","properties":{},"timestamp":"0001-01-01T00:00:00+01:00"}',  # 5
+        good[2],
+    ]
+    write(tmp_path / "hostile.jsonl", lines)
+
+    result = run_import(receiver, "hostile.jsonl", cwd=tmp_path)
+
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1
+    reported = dict(re.findall(r"^hostile\.jsonl:(\d+): (.*)$", result.stderr, re.MULTILINE))
+    assert sorted(map(int, reported)) == [2, 4, 5]
+    assert reported["2"].startswith("line is nested too deeply")
+    assert reported["4"].startswith("line is not valid JSON") and "digits" in reported["4"]
+    assert reported["5"].startswith("timestamp is not a valid ISO 8601 time")
+    assert summary(result) == {"read": 6, "sent": 3, "rejected": 3, "skipped": 0}
+    assert [message["properties"]["n"] for message in receiver.messages] == [0, 1, 2]
+    rejects = [json.loads(line) for line in (tmp_path / "analytics-vitally-rejects.jsonl").read_text().splitlines()]
+    assert [entry["line"] for entry in rejects] == [2, 4, 5]
+
+
+def test_saved_progress_with_wrong_types_is_ignored_and_the_file_sent_again(receiver: Receiver, tmp_path: Path) -> None:
+    broken: Dict[str, Callable[[Dict[str, Any]], Any]] = {
+        "read-null": lambda entry: {**entry, "read": None},
+        "offset-text": lambda entry: {**entry, "offset": str(entry["offset"])},
+        "line-bool": lambda entry: {**entry, "line": True},
+        "rejected-text": lambda entry: {**entry, "rejected": "x"},
+        "sha-number": lambda entry: {**entry, "sha256": 7},
+        "entry-list": lambda entry: [entry],
+    }
+    files, entries = [], {}
+    for number, (name, breaking) in enumerate(broken.items()):
+        lines = track_lines(4, event=f"e{number}")
+        source = write(tmp_path / f"{name}.jsonl", lines)
+        head = "".join(line + "\n" for line in lines[:2]).encode()
+        saved = {"line": 2, "offset": len(head), "sha256": hashlib.sha256(head).hexdigest(), "read": 2, "rejected": 0}
+        entries[os.path.realpath(source)] = breaking({**saved, "done": False})  # as if checkpointed after line 2
+        files.append(source.name)
+    (tmp_path / "state.json").write_text(json.dumps({"version": 1, "files": entries}), encoding="utf-8")
+
+    result = run_import(receiver, "--state", "state.json", *files, cwd=tmp_path)
+
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 0, result.stderr
+    ignored = re.findall(r"^ignoring the saved progress of (\S+) in state\.json \((.*)\)", result.stderr, re.MULTILINE)
+    assert sorted(name for name, _ in ignored) == sorted(files)
+    assert summary(result) == {"read": 24, "sent": 24, "rejected": 0, "skipped": 0}
+
+    again = run_import(receiver, "--state", "state.json", *files, cwd=tmp_path)  # the state was rewritten whole
+
+    assert again.returncode == 0, again.stderr
+    assert summary(again) == {"read": 0, "sent": 0, "rejected": 0, "skipped": 24}
+
+
+def test_growing_file_loses_no_line_and_keeps_its_line_numbers(receiver: Receiver, tmp_path: Path) -> None:
+    lines = track_lines(7)
+    growing = tmp_path / "growing.jsonl"
+    half = len(lines[3]) // 2
+    growing.write_text("".join(line + "\n" for line in lines[:3]) + lines[3][:half], encoding="utf-8")
+
+    first = run_import(receiver, "growing.jsonl", cwd=tmp_path)  # line 4 is half-written
+
+    assert first.returncode == 0, first.stderr
+    assert re.search(r"^growing\.jsonl:4: incomplete last line.*will be read again", first.stderr, re.MULTILINE)
+    assert summary(first) == {"read": 3, "sent": 3, "rejected": 0, "skipped": 0}
+    assert not (tmp_path / "analytics-vitally-rejects.jsonl").exists()
+
+    with growing.open("a", encoding="utf-8") as stream:  # the writer finishes line 4, writes 5, and 6 but its newline
+        stream.write(lines[3][half:] + "\n" + lines[4] + "\n" + lines[5])
+    second = run_import(receiver, "growing.jsonl", cwd=tmp_path)
+
+    assert second.returncode == 0, second.stderr
+    assert summary(second) == {"read": 3, "sent": 3, "rejected": 0, "skipped": 3}  # 6 is whole: sent already
+
+    with growing.open("a", encoding="utf-8") as stream:
+        stream.write("\n" + lines[6] + "\n")
+    third = run_import(receiver, "growing.jsonl", cwd=tmp_path)
+
+    assert third.returncode == 0, third.stderr
+    assert summary(third) == {"read": 2, "sent": 2, "rejected": 0, "skipped": 5}  # 6 again, as a duplicate, and 7
+    assert growing.read_text(encoding="utf-8") == "".join(line + "\n" for line in lines)
+    assert sorted(message["properties"]["n"] for message in receiver.messages) == [0, 1, 2, 3, 4, 5, 5, 6]
+    grown_ids = receiver.message_ids()
+
+    whole = run_import(receiver, "--restart", "growing.jsonl", cwd=tmp_path)  # the finished file in one run
+
+    assert whole.returncode == 0, whole.stderr
+    assert set(receiver.message_ids()[len(grown_ids) :]) == set(grown_ids)  # same lines, same numbers, same IDs
+
+
+def test_absent_traits_and_properties_are_empty_objects(receiver: Receiver, tmp_path: Path) -> None:
+    lines = [
+        '{"type":"track","userId":"1","event":"no-properties"}',
+        '{"type":"track","userId":"1","event":"null-properties","properties":null}',
+        '{"type":"user","userId":"1","accountId":"a"}',
+        '{"type":"customobjectinstance","externalId":"d1","customObjectId":"deals","accountId":"a"}',
+        '{"type":"account","accountId":"a","traits":null}',
+        '{"type":"organization","organizationId":"o"}',
+        '{"type":"unlink","userId":"1","accountId":"a"}',
+    ]
+    write(tmp_path / "sparse.jsonl", lines)
+
+    result = run_import(receiver, "sparse.jsonl", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert summary(result) == {"read": 7, "sent": 7, "rejected": 0, "skipped": 0}
+    by_type = {(message["type"], message.get("event")): message for message in receiver.messages}
+    assert by_type["track", "no-properties"]["properties"] == {}
+    assert by_type["track", "null-properties"]["properties"] == {}
+    assert all(
+        by_type[kind, None]["traits"] == {} for kind in ("user", "customobjectinstance", "account", "organization")
+    )
+    assert "traits" not in by_type["unlink", None] and "properties" not in by_type["unlink", None]
+
+
+def test_absurd_option_values_are_usage_errors(receiver: Receiver, tmp_path: Path) -> None:
+    source = str(write(tmp_path / "events.jsonl", track_lines(300)))
+    refused = {
+        ("--workers", "100000"): "must be from 1 to 64",
+        ("--workers", "0"): "must be from 1 to 64",
+        ("--rate", "nan"): "must be from 0.01 to 1000",
+        ("--rate", "1e-300"): "must be from 0.01 to 1000",
+        ("--rate", "inf"): "must be from 0.01 to 1000",
+        ("--checkpoint-every", "1000000000"): "must be from 1 to 100,000",
+    }
+    started = time.monotonic()
+    processes = {
+        option: subprocess.Popen(
+            importing(receiver, *option, source), cwd=tmp_path, env=environment(), stderr=subprocess.PIPE, text=True
+        )
+        for option in refused
+    }
+    port = subprocess.Popen([COMMAND, "serve", "--port", "99999"], env=environment(), stderr=subprocess.PIPE, text=True)
+    try:
+        results = {
+            option: (process.wait(timeout=30), process.communicate()[1]) for option, process in processes.items()
+        }
+        port_code, port_error = port.wait(timeout=30), port.communicate()[1]
+    finally:
+        for process in [*processes.values(), port]:
+            if process.poll() is None:  # accepted after all: it would crawl on after the test
+                process.kill()
+                process.communicate()
+
+    for (option, value), (code, stderr) in results.items():
+        assert code == 2, (option, value, stderr)
+        assert stderr.startswith("usage: analytics-vitally import"), stderr
+        assert f"error: argument {option}: {refused[option, value]}" in stderr, stderr
+    assert port_code == 2 and "error: argument --port: must be from 0 to 65,535" in port_error, port_error
+    assert time.monotonic() - started < 30  # refused before anything starts, not after crawling
+    assert receiver.requests == []
+
+    limits = run_import(
+        receiver, "--workers", "64", "--rate", "1000", "--checkpoint-every", "100000", source, cwd=tmp_path
+    )
+
+    assert limits.returncode == 0, limits.stderr
+    assert summary(limits) == {"read": 300, "sent": 300, "rejected": 0, "skipped": 0}
+
+
+def test_a_signal_ends_the_wait_between_rate_bursts(receiver: Receiver, tmp_path: Path) -> None:
+    source = write(tmp_path / "events.jsonl", track_lines(300))
+    process = subprocess.Popen(
+        importing(receiver, "--rate", "0.01", str(source)),  # 100 s between two bursts of 100
+        cwd=tmp_path,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert receiver.wait_for(100, timeout=30)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+    assert process.returncode == 128 + signal.SIGINT, stderr
+    assert "progress saved" in stderr
+    assert len(receiver.messages) in (100, 101)  # the line read when the signal came may be queued too

@@ -12,7 +12,7 @@ from typing import Iterator, List
 import pytest
 
 from analytics_vitally import Client
-from analytics_vitally.testing import Receiver
+from analytics_vitally.testing import Receiver, Reply
 
 from .conftest import TOKEN, MakeClient, run_script
 
@@ -188,3 +188,16 @@ def test_shutdown_from_on_error_returns_false(make_client: MakeClient, caplog: p
     assert client.flush(timeout=10)
     assert results == [False]
     assert "shutdown() called from on_error" in caplog.text
+
+
+def test_retries_are_counted_as_they_happen(make_client: MakeClient, receiver: Receiver) -> None:
+    receiver.respond = lambda request: Reply(503, {"message": "busy"})
+    client = make_client(retry_wait=0.05, max_retries=10, max_retry_time=60)
+    client.track("u", "e")
+    client.flush(timeout=0)  # start sending now
+    deadline = time.monotonic() + 20
+    while client.stats().retried < 2:
+        assert time.monotonic() < deadline, "retries not counted while the batch is still being retried"
+        time.sleep(0.01)
+    stats = client.stats()
+    assert (stats.sent, stats.failed) == (0, 0)  # the batch is still in flight

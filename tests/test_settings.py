@@ -3,6 +3,7 @@ and nothing a caller passes can send the write key somewhere else or show it."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import socket
@@ -36,10 +37,8 @@ def listener() -> Iterator[List[bytes]]:
                 continue
             with connection:
                 connection.settimeout(1)
-                try:
+                with contextlib.suppress(OSError):
                     received.append(connection.recv(65536))
-                except OSError:
-                    pass
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -219,4 +218,4 @@ def test_no_settings_error_shows_the_key(caplog: pytest.LogCaptureFixture) -> No
         with pytest.raises(ConfigurationError) as raised:
             Client(SECRET, **settings)
         shown += [str(raised.value), repr(raised.value)]
-    assert shown and not any(SECRET in text for text in shown + [caplog.text])
+    assert shown and not any(SECRET in text for text in [*shown, caplog.text])
