@@ -219,7 +219,7 @@ class Client:
         """
         found = problems(message, name, stamped)
         if found:  # integer IDs are fine: make them strings, then look again
-            normalize_ids(message)
+            normalize_ids(message, name)
             found = problems(message, name, stamped)
             if found:
                 raise found[0]

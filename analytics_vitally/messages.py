@@ -126,13 +126,23 @@ _ABSENT = object()
 _TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:Z|[+-]00:?00)\Z")
 
 
-def normalize_ids(message: dict[str, Any]) -> None:
-    """Turn integer IDs into strings, in place (older Vitally pages allowed numbers)."""
+def normalize_ids(message: dict[str, Any], name: Callable[[str], str] = parameter) -> None:
+    """Turn integer IDs into strings, in place (older Vitally pages allowed numbers).
+
+    InvalidMessageError, naming the field with ``name``, for an integer too long to
+    write in digits (Python's int string limit, 4300 digits unless changed).
+    """
     rule = RULES.get(message.get("type"))  # type: ignore[arg-type]
     if rule is not None:
         for field in rule.all_ids:
             if type(message.get(field)) is int:
-                message[field] = str(message[field])
+                try:
+                    message[field] = str(message[field])
+                except ValueError:
+                    raise InvalidMessageError(name(field), _ID_TOO_LONG) from None
+
+
+_ID_TOO_LONG = "is an integer too long to be an ID (more than Python's int string limit, 4300 digits by default)"
 
 
 def problems(message: Any, name: Callable[[str], str] = _same, stamped: bool = False) -> List[InvalidMessageError]:
@@ -163,7 +173,7 @@ def problems(message: Any, name: Callable[[str], str] = _same, stamped: bool = F
                 found.append(InvalidMessageError(name(key), required))
         elif not isinstance(value, str):
             found.append(InvalidTypeError(name(key), f"must be a string, not {type(value).__name__}"))
-        elif not value:
+        elif not str.__len__(value):  # str's own: a subclass's __bool__ may raise
             found.append(InvalidMessageError(name(key), "must not be empty"))
     for key in rule.optional_strings:
         value = message.get(key)
