@@ -117,6 +117,7 @@ identify = _proxy(Client.identify)
 track = _proxy(Client.track)
 unlink = _proxy(Client.unlink)
 custom_object_instance = _proxy(Client.custom_object_instance)
+enqueue = _proxy(Client.enqueue)
 
 
 def flush(timeout: Optional[float] = None) -> bool:
@@ -174,6 +175,7 @@ __all__ = [
     "configure",
     "custom_object_instance",
     "default_client",
+    "enqueue",
     "flush",
     "group",
     "identify",

@@ -11,12 +11,12 @@ import time
 import weakref
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from uuid import UUID
 
 from .encoding import encode, format_timestamp, now_timestamp
 from .errors import InvalidMessageError, InvalidTypeError
-from .messages import normalize_ids, parameter, problems
+from .messages import complete, normalize_ids, parameter, problems, wire_field
 from .settings import Settings
 from .transport import Transport
 from .worker import Stats, Worker
@@ -204,6 +204,23 @@ class Client:
             timestamp,
             message_id,
         )
+
+    def enqueue(self, message: Mapping[str, Any]) -> Result:
+        """Send one message given in Vitally's wire form: camelCase fields and ``type``.
+
+            client.enqueue({"type": "track", "userId": "32", "event": "scored-goal"})
+
+        Checked with the same rules as the methods, and errors name the wire field
+        (``userId``, ``properties['price']``). Top-level ``None`` fields are left out, an
+        absent ``traits``/``properties`` becomes ``{}``, integer IDs become strings, a
+        ``messageId`` is added when absent, and a ``timestamp`` (any ISO 8601 string, or a
+        datetime) is sent in Vitally's UTC form; none is added when absent (Vitally then
+        dates the message when it arrives).
+        """
+        filled = complete(message)
+        if "messageId" not in filled:
+            filled["messageId"] = _new_message_id()
+        return self._enqueue(filled, wire_field)
 
     def _submit(self, fields: Message, timestamp: Optional[datetime], message_id: Optional[str]) -> Result:
         message = {key: value for key, value in fields.items() if value is not None}

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import time
 from datetime import date, datetime
@@ -41,6 +42,8 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Set, Tuple, Type, Union
 from uuid import UUID
+
+from dateutil.parser import isoparse
 
 from .errors import InvalidMessageError, InvalidTypeError
 
@@ -78,6 +81,26 @@ def format_timestamp(moment: datetime) -> str:
         raise _Unsendable("is out of range: in UTC it falls outside the years 1 to 9999") from None
     except Exception as error:  # a tzinfo of the caller's that fails
         raise _Unsendable(f"could not be converted to UTC: {_describe(error)}") from None
+
+
+_VITALLY_TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)\.\d{3}Z\Z")
+
+
+def parse_timestamp(text: str) -> str:
+    """Any ISO 8601 time as ``format_timestamp`` writes it; ValueError if ``text`` is none.
+
+    An offset is converted to UTC, a time without one is taken as UTC, a date alone is
+    midnight UTC.
+    """
+    exact = _VITALLY_TIME.match(text)
+    if exact:  # already in Vitally's form: only check that the date exists (isoparse is the slow part)
+        year, month, day, hour, minute, second = map(int, exact.groups())
+        datetime(year, month, day, hour, minute, second)
+        return text
+    try:
+        return format_timestamp(isoparse(text))
+    except OverflowError as error:
+        raise ValueError(str(error)) from None
 
 
 _second_cache: Tuple[int, str] = (-1, "")
@@ -346,4 +369,4 @@ def _kind(error: BaseException) -> Type[InvalidMessageError]:
     return InvalidTypeError if isinstance(error, TypeError) else InvalidMessageError
 
 
-__all__ = ["MAX_DIGITS", "MAX_NESTING", "encode", "format_timestamp", "now_timestamp"]
+__all__ = ["MAX_DIGITS", "MAX_NESTING", "encode", "format_timestamp", "now_timestamp", "parse_timestamp"]

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, List
+from datetime import datetime
+from typing import Any, Callable, List, Mapping
 
+from .encoding import format_timestamp, parse_timestamp
 from .errors import InvalidMessageError, InvalidTypeError
 
 MAX_BATCH_MESSAGES = 100
@@ -116,7 +118,8 @@ def parameter(field: str) -> str:
     return _PARAMETERS.get(field, field)
 
 
-def _same(field: str) -> str:
+def wire_field(field: str) -> str:
+    """The name a wire field goes by in errors about wire-form messages: itself."""
     return field
 
 
@@ -132,7 +135,8 @@ def normalize_ids(message: dict[str, Any], name: Callable[[str], str] = paramete
     InvalidMessageError, naming the field with ``name``, for an integer too long to
     write in digits (Python's int string limit, 4300 digits unless changed).
     """
-    rule = RULES.get(message.get("type"))  # type: ignore[arg-type]
+    kind = message.get("type")
+    rule = RULES.get(kind) if isinstance(kind, str) else None
     if rule is not None:
         for field in rule.all_ids:
             if type(message.get(field)) is int:
@@ -145,7 +149,36 @@ def normalize_ids(message: dict[str, Any], name: Callable[[str], str] = paramete
 _ID_TOO_LONG = "is an integer too long to be an ID (more than Python's int string limit, 4300 digits by default)"
 
 
-def problems(message: Any, name: Callable[[str], str] = _same, stamped: bool = False) -> List[InvalidMessageError]:
+def complete(message: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of wire-form ``message`` with what the client's methods would fill in filled in.
+
+    Top-level ``None`` fields are left out, an absent ``traits``/``properties`` becomes
+    ``{}``, a ``timestamp`` (any ISO 8601 string, or a datetime) is written in Vitally's
+    UTC form. Raises InvalidMessageError for an unreadable timestamp; the rest is left for
+    ``problems()`` to judge.
+    """
+    if not isinstance(message, Mapping):
+        raise InvalidTypeError("message", f"must be a dict of Vitally's wire fields, not {type(message).__name__}")
+    filled = {key: value for key, value in message.items() if value is not None}
+    kind = filled.get("type")
+    rule = RULES.get(kind) if isinstance(kind, str) else None
+    if rule is not None:
+        for key in rule.object_fields:
+            filled.setdefault(key, {})
+    timestamp = filled.get("timestamp")
+    try:
+        if isinstance(timestamp, datetime):
+            filled["timestamp"] = format_timestamp(timestamp)
+        elif isinstance(timestamp, str):
+            filled["timestamp"] = parse_timestamp(timestamp)
+    except ValueError as error:
+        raise InvalidMessageError(
+            "timestamp", f"is not a valid ISO 8601 time (such as 2018-05-15T12:31:12.123Z): {timestamp!r} ({error})"
+        ) from None
+    return filled
+
+
+def problems(message: Any, name: Callable[[str], str] = wire_field, stamped: bool = False) -> List[InvalidMessageError]:
     """Every way ``message`` (a wire-format dict) breaks Vitally's rules; empty if none.
 
     ``name`` turns a wire field name into the name the errors should use. ``stamped``
@@ -215,11 +248,21 @@ def _stamp_problems(message: dict[str, Any], name: Callable[[str], str]) -> List
     return found
 
 
-def check(message: dict[str, Any], name: Callable[[str], str] = _same, stamped: bool = False) -> None:
+def check(message: dict[str, Any], name: Callable[[str], str] = wire_field, stamped: bool = False) -> None:
     """Raise the first of ``problems(message, name, stamped)``, if there is one."""
     found = problems(message, name, stamped)
     if found:
         raise found[0]
 
 
-__all__ = ["MAX_BATCH_MESSAGES", "RULES", "Rule", "check", "normalize_ids", "parameter", "problems"]
+__all__ = [
+    "MAX_BATCH_MESSAGES",
+    "RULES",
+    "Rule",
+    "check",
+    "complete",
+    "normalize_ids",
+    "parameter",
+    "problems",
+    "wire_field",
+]
