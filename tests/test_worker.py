@@ -1,0 +1,226 @@
+"""The Worker alone, driven through its own interface with a plain function as ``deliver``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, Iterator, List, Optional
+
+import pytest
+
+from analytics_vitally.settings import Settings
+from analytics_vitally.transport import Outcome
+from analytics_vitally.worker import Worker
+
+
+class Recorder:
+    """A ``deliver`` that records each batch and can be held, or made to raise."""
+
+    def __init__(self) -> None:
+        self.batches: List[List[str]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.fail_with: Optional[BaseException] = None
+        self.threads: List[threading.Thread] = []
+
+    def __call__(self, items: List[str]) -> Outcome:
+        self.threads.append(threading.current_thread())
+        self.entered.set()
+        self.gate.wait(30)
+        if self.fail_with is not None:
+            error, self.fail_with = self.fail_with, None
+            raise error
+        self.batches.append(items)
+        return Outcome(sent=len(items), batches=1)
+
+    @property
+    def delivered(self) -> List[str]:
+        return [item for batch in self.batches for item in batch]
+
+
+@pytest.fixture
+def deliver() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def make_worker(deliver: Recorder) -> Iterator[Callable[..., Worker]]:
+    workers: List[Worker] = []
+
+    def make(**settings: object) -> Worker:
+        settings.setdefault("upload_interval", 60)
+        worker = Worker(deliver, Settings(send=False, **settings))  # type: ignore[arg-type]
+        workers.append(worker)
+        return worker
+
+    yield make
+    deliver.gate.set()
+    for worker in workers:
+        worker.shutdown(timeout=5)
+
+
+def live_worker_threads() -> List[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "analytics_vitally"]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.002)
+
+
+def test_full_batches_leave_without_flush_and_the_rest_on_flush(
+    make_worker: Callable[..., Worker], deliver: Recorder
+) -> None:
+    worker = make_worker(upload_size=10)
+    for i in range(25):
+        assert worker.put(f'"{i}"')
+    wait_until(lambda: len(deliver.batches) == 2)
+    assert worker.flush(timeout=10)
+    assert [len(batch) for batch in deliver.batches] == [10, 10, 5]
+    assert deliver.delivered == [f'"{i}"' for i in range(25)]
+
+
+def test_a_batch_leaves_after_the_interval(make_worker: Callable[..., Worker], deliver: Recorder) -> None:
+    worker = make_worker(upload_interval=0.05)
+    worker.put('"a"')
+    wait_until(lambda: deliver.delivered == ['"a"'])
+    assert worker.stats().queue_depth == 0
+
+
+def test_batches_stay_under_max_batch_bytes(make_worker: Callable[..., Worker], deliver: Recorder) -> None:
+    worker = make_worker(max_batch_bytes=50)
+    for _ in range(10):
+        worker.put('"' + "x" * 18 + '"')  # 20 bytes: two per 50-byte body with brackets and comma
+    assert worker.flush(timeout=10)
+    assert all(len("[" + ",".join(batch) + "]") <= 50 for batch in deliver.batches)
+    assert len(deliver.delivered) == 10
+
+
+def test_flush_waits_for_the_batch_in_flight(make_worker: Callable[..., Worker], deliver: Recorder) -> None:
+    worker = make_worker()
+    deliver.gate.clear()
+    worker.put('"a"')
+    started = time.monotonic()
+    assert worker.flush(timeout=0.2) is False
+    assert time.monotonic() - started < 2
+    deliver.gate.set()
+    assert worker.flush(timeout=10) is True
+    assert deliver.delivered == ['"a"']
+
+
+def test_flush_and_shutdown_from_deliver_return_false(make_worker: Callable[..., Worker]) -> None:
+    results: List[bool] = []
+    worker: Worker
+
+    def deliver_and_flush(items: List[str]) -> Outcome:
+        results.append(worker.flush(timeout=5))
+        results.append(worker.shutdown(timeout=5))
+        return Outcome(sent=len(items))
+
+    worker = Worker(deliver_and_flush, Settings(send=False, upload_interval=60))
+    worker.put('"a"')
+    assert worker.flush(timeout=10)
+    assert results == [False, False]
+    worker.shutdown(timeout=5)
+
+
+def test_a_full_queue_drops_and_counts(make_worker: Callable[..., Worker], deliver: Recorder) -> None:
+    deliver.gate.clear()
+    worker = make_worker(max_queue_size=3, upload_size=1)
+    worker.put('"held"')
+    deliver.entered.wait(10)  # one batch in flight, the queue is empty again
+    results = [worker.put(f'"{i}"') for i in range(5)]
+    assert results == [True, True, True, False, False]
+    assert worker.stats().dropped == 2
+
+
+def test_a_deliver_that_raises_counts_failed_and_the_thread_goes_on(
+    make_worker: Callable[..., Worker], deliver: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = make_worker()
+    deliver.fail_with = RuntimeError("bug")
+    worker.put('"lost"')
+    assert worker.flush(timeout=10)
+    worker.put('"kept"')
+    assert worker.flush(timeout=10)
+    assert deliver.delivered == ['"kept"']
+    assert worker.stats().failed == 1
+    assert "1 message(s) not delivered" in caplog.text
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_flush_restarts_a_thread_that_died(make_worker: Callable[..., Worker], deliver: Recorder) -> None:
+    worker = make_worker(upload_size=1)
+    deliver.fail_with = SystemExit()  # not an Exception: it ends the thread
+    deliver.gate.clear()
+    worker.put('"first"')
+    deliver.entered.wait(10)
+    worker.put('"second"')  # waits in the queue of a thread that is about to die
+    dying = deliver.threads[0]
+    deliver.gate.set()
+    dying.join(10)
+    assert not dying.is_alive()
+    assert worker.flush(timeout=10) is True
+    assert deliver.delivered == ['"second"']
+
+
+def test_shutdown_stops_the_threads_and_put_starts_them_again(
+    make_worker: Callable[..., Worker], deliver: Recorder
+) -> None:
+    before = set(live_worker_threads())
+    worker = make_worker(thread=3)
+    worker.put('"a"')
+    wait_until(lambda: len(set(live_worker_threads()) - before) == 3)
+    assert worker.shutdown(timeout=10)
+    wait_until(lambda: not (set(live_worker_threads()) - before))
+    worker.put('"b"')
+    assert worker.flush(timeout=10)
+    assert deliver.delivered == ['"a"', '"b"']
+
+
+def test_deliver_now_does_not_hold_up_flush(make_worker: Callable[..., Worker], deliver: Recorder) -> None:
+    worker = make_worker()
+    assert worker.deliver_now('"sync"')
+    assert worker.flush(timeout=0) is True
+    assert worker.stats().enqueued == 1 and worker.stats().sent == 1
+
+
+def test_close_reports_what_it_could_not_deliver(make_worker: Callable[..., Worker], deliver: Recorder) -> None:
+    worker = make_worker(upload_size=2)
+    deliver.gate.clear()
+    for i in range(5):
+        worker.put(f'"{i}"')
+    abandoned: List[bool] = []
+    left = worker.close(0.4, lambda: abandoned.append(True))
+    assert abandoned == [True]
+    assert left == 5  # one batch of 2 held in flight, 3 queued behind it
+    assert worker.put('"late"') is False
+    assert worker.stats().dropped == 1
+
+
+def test_close_after_everything_was_delivered_abandons_nothing(
+    make_worker: Callable[..., Worker], deliver: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="analytics_vitally")
+    worker = make_worker()
+    worker.put('"a"')
+    abandoned: List[bool] = []
+    assert worker.close(5, lambda: abandoned.append(True)) == 0
+    assert abandoned == [] and deliver.delivered == ['"a"']
+    worker.put('"after"')
+    assert "after the exit drain" in caplog.text
+
+
+def test_a_full_batch_wakes_the_thread_that_saw_the_first_message(
+    make_worker: Callable[..., Worker], deliver: Recorder
+) -> None:
+    worker = make_worker(upload_size=10, upload_interval=60)
+    worker.put('"0"')
+    time.sleep(0.05)  # let the thread see one message and go back to sleep for the interval
+    for i in range(1, 10):
+        worker.put(f'"{i}"')
+    wait_until(lambda: len(deliver.delivered) == 10, timeout=5)  # long before the 60 s interval
