@@ -1,25 +1,41 @@
-"""HTTP delivery of batches: one session, retries, error mapping, isolation of bad messages.
+"""HTTP delivery of batches: retries, error mapping, isolation of bad messages, bounded requests.
 
 ``Transport.deliver(items)`` posts already-encoded messages as one batch and
 never raises: what Vitally did not accept goes to ``on_error`` and the log, and
 the returned ``Outcome`` says what happened.
+
+Whatever the server does, one request ends within ``timeout`` seconds (a watchdog
+thread shuts down the socket of a request past its deadline), at most
+``ANSWER_LIMIT`` bytes of an answer are read, and nothing the server sends back
+is passed on or logged with the write key in it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import heapq
+import itertools
 import json
 import logging
+import math
+import os
 import platform
+import socket
 import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable, Dict, List, Optional
+from http.client import HTTPException, IncompleteRead
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 import backoff
 import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from .errors import AuthenticationError, DeliveryError
 from .settings import Settings
@@ -33,9 +49,15 @@ RETRY_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 SPLIT_STATUSES = frozenset({400, 413})
 """Answers to a batch that may be caused by only some of its messages."""
 MAX_WAIT = 30.0
-"""No single backoff wait is longer than this (Retry-After included, within max_retry_time)."""
+"""No single wait between tries is longer than this: a longer Retry-After is capped to it."""
 AUTH_PAUSE = 60.0
 """After a 401, batches fail without a request for this many seconds."""
+ANSWER_LIMIT = 4096
+"""Bytes of an answer's body read at most; the connection of a longer answer is closed instead."""
+REDACTED = "[redacted write_key]"
+
+_BROKEN = (requests.RequestException, urllib3.exceptions.HTTPError, HTTPException, OSError)
+"""What a request or the reading of its answer raises when the connection or the server failed."""
 
 
 @dataclass
@@ -50,17 +72,19 @@ class Outcome:
 
 
 def retry_after_seconds(value: Optional[str], now: Optional[datetime] = None) -> Optional[float]:
-    """A ``Retry-After`` header (seconds or an HTTP date) as seconds from now."""
+    """A ``Retry-After`` header (seconds or an HTTP date) as seconds from now (not capped)."""
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return None if math.isnan(seconds) else max(0.0, seconds)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
@@ -74,8 +98,22 @@ def _environment_settings(url: str, proxies: Optional[Dict[str, str]]) -> Dict[s
     return {"proxies": found["proxies"], "verify": found["verify"]}
 
 
+class _TryAgain(Exception):
+    """A try that failed in a way worth trying again (raised by ``Transport._post``)."""
+
+    def __init__(self, error: DeliveryError, retry_after: Optional[float] = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retry_after = retry_after
+
+
 class Transport:
-    """Posts batches to Vitally for one client."""
+    """Posts batches to Vitally for one client.
+
+    ``retries`` counts the retries decided so far, each as soon as it is decided (before its wait).
+    """
+
+    retries: int
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -91,34 +129,37 @@ class Transport:
         self._environment = _environment_settings(self._url, settings.proxies)
         # Every batch is the same POST but for its body: prepared once, copied per request.
         self._template = requests.Request("POST", self._url, headers=self._headers).prepare()
-        self._local = threading.local()
-        self._aborted = threading.Event()
-        self._auth_paused_until = 0.0
+        self._redact = _Redactor(settings.write_key or "")
         self._clock: Callable[[], float] = time.monotonic
+        self.reset_after_fork()
 
     def __repr__(self) -> str:
         return f"<Transport {self._url}>"
 
-    def _session(self) -> requests.Session:
-        # One keep-alive session per worker thread: requests.Session is not thread-safe.
-        session: Optional[requests.Session] = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            self._local.session = session
-        return session
+    def _adapter(self) -> HTTPAdapter:
+        # One adapter, so one keep-alive connection pool, per worker thread.
+        adapter: Optional[HTTPAdapter] = getattr(self._local, "adapter", None)
+        if adapter is None:
+            adapter = self._local.adapter = _WatchedAdapter()
+        return adapter
 
     def reset_after_fork(self) -> None:
-        """Forget connections and pauses inherited from the parent process."""
+        """Forget connections, pauses and counts inherited from the parent process."""
         self._local = threading.local()
         self._aborted = threading.Event()
+        self._lock = threading.Lock()  # guards retries and _paused_until
         self._auth_paused_until = 0.0
+        self._paused_until = 0.0  # no request before this (a 429 or a Retry-After), for every thread
+        self._pause_status: Optional[int] = None
+        self.retries = 0
 
     def abort(self) -> None:
-        """Stop waiting between retries; what is still undelivered fails at once."""
+        """Stop waiting between retries and end requests in flight; what is undelivered fails at once."""
         self._aborted.set()
+        _watchdog.fire_all(self)
 
     def deliver(self, items: List[str]) -> Outcome:
-        """Post encoded messages as one batch (splitting it if Vitally rejects some)."""
+        """Post encoded messages as one batch (splitting it if Vitally rejects some); never raises."""
         outcome = Outcome()
         self._deliver(items, outcome)
         return outcome
@@ -135,42 +176,78 @@ class Transport:
                 return
             outcome.failed += len(items)
             self._report(error, items)
+        except Exception as exception:  # a bug must not lose messages silently, nor kill the worker
+            log.debug("unexpected error delivering a batch of %d", len(items), exc_info=True)
+            outcome.failed += len(items)
+            self._report(
+                DeliveryError(f"not delivered: unexpected {type(exception).__name__}: {self._redact.text(exception)}"),
+                items,
+            )
         else:
             outcome.sent += len(items)
             outcome.batches += 1
 
     def _post_with_retries(self, items: List[str], outcome: Outcome) -> None:
+        settings = self._settings
         body = ("[" + ",".join(items) + "]").encode()
-        if self._settings.gzip:
+        if settings.gzip:
             body = gzip.compress(body, compresslevel=6)
-        waits = backoff.expo(factor=self._settings.retry_wait, max_value=MAX_WAIT)
+        waits = backoff.expo(factor=settings.retry_wait, max_value=MAX_WAIT)
         next(waits)
-        deadline = self._clock() + self._settings.max_retry_time
+        deadline = self._clock() + settings.max_retry_time
         tries = 0
         while True:
-            error, retry_after = self._post(body, len(items))
-            if error is None:
+            if self._paused_until:
+                self._wait_out_pause(deadline)
+            try:
+                self._post(body, len(items))
                 return
+            except _TryAgain as failure:
+                error, retry_after = failure.error, failure.retry_after
             tries += 1
-            if error.status is not None and error.status not in RETRY_STATUSES:
-                raise error
-            if tries > self._settings.max_retries:
+            if self._aborted.is_set():
+                raise DeliveryError(f"{error} (not retried: the client is shutting down)", error.status, error.body)
+            wait = min(retry_after, MAX_WAIT) if retry_after is not None else backoff.full_jitter(next(waits))
+            client_wide = error.status == 429 or retry_after is not None
+            if client_wide:  # Vitally asked the whole client to slow down: no thread sends before it passes
+                with self._lock:
+                    self._paused_until = max(self._paused_until, self._clock() + wait)
+                    self._pause_status = error.status
+            if tries > settings.max_retries:
                 raise DeliveryError(f"{error} (gave up after {tries} tries)", error.status, error.body)
-            wait = retry_after if retry_after is not None else backoff.full_jitter(next(waits))
             if self._clock() + wait > deadline:
                 raise DeliveryError(
                     f"{error} (gave up: waiting {wait:.1f}s more would pass max_retry_time="
-                    f"{self._settings.max_retry_time}s)",
+                    f"{settings.max_retry_time}s)",
                     error.status,
                     error.body,
                 )
+            with self._lock:
+                self.retries += 1
             outcome.retried += 1
             log.debug("retrying a batch of %d in %.2fs after: %s", len(items), wait, error)
+            if client_wide:
+                continue  # the pause is waited out before the next request
             if self._aborted.wait(wait):
                 raise DeliveryError(f"{error} (not retried: the client is shutting down)", error.status, error.body)
 
-    def _post(self, body: bytes, count: int) -> tuple[Optional[DeliveryError], Optional[float]]:
-        """One request: (None, None) if accepted, else (the error, Retry-After seconds)."""
+    def _wait_out_pause(self, deadline: float) -> None:
+        """Wait until the client-wide pause (a 429 or a Retry-After) is over, unless aborted."""
+        while not self._aborted.is_set():
+            left = self._paused_until - self._clock()
+            if left <= 0:
+                return
+            if self._clock() + left > deadline:
+                raise DeliveryError(
+                    f"not sent: the client is paused {left:.1f}s more (Vitally answered {self._pause_status}), "
+                    f"which would pass max_retry_time={self._settings.max_retry_time}s",
+                    self._pause_status,
+                )
+            self._aborted.wait(left)
+
+    def _post(self, body: bytes, count: int) -> None:
+        """One request: returns if Vitally accepted it; raises ``_TryAgain`` if worth another try, else
+        ``DeliveryError``."""
         if self._aborted.is_set():
             raise DeliveryError("not sent: the client shut down before these messages could be delivered")
         paused = self._auth_paused_until - self._clock()
@@ -181,24 +258,39 @@ class Transport:
             )
         request = self._template.copy()
         request.prepare_body(body, None)
-        session = self._session()
+        timeout = self._settings.timeout
+        watchdog = _watchdog
         started = self._clock()
+        deadline = watchdog.arm(timeout, self)
         try:
-            # Straight to the session's adapter (its keep-alive pool): a batch needs no cookies, hooks or
-            # redirects (a redirected POST must not be followed as a GET), and skipping them saves CPU.
-            # The environment (proxies, CA bundle) was read once; requests would read it per request,
-            # and could let a ~/.netrc entry replace the Authorization header.
-            response = session.get_adapter(self._url).send(
-                request, timeout=self._settings.timeout, **self._environment
-            )
-        except requests.RequestException as exception:
-            log.debug("batch of %d: no response (%s)", count, type(exception).__name__)
-            return DeliveryError(f"no response from Vitally: {type(exception).__name__}: {exception}"), None
-        status = response.status_code
+            if self._aborted.is_set():  # abort() ran after the check above: it did not see this deadline
+                raise DeliveryError("not sent: the client shut down before these messages could be delivered")
+            try:
+                # Straight to the adapter (its keep-alive pool): a batch needs no cookies, hooks or
+                # redirects (a redirected POST must not be followed as a GET), and skipping them saves CPU.
+                # The environment (proxies, CA bundle) was read once; requests would read it per request,
+                # and could let a ~/.netrc entry replace the Authorization header.
+                response = self._adapter().send(request, timeout=timeout, **self._environment)
+            except _BROKEN as exception:
+                log.debug("batch of %d: no response (%s)", count, type(exception).__name__)
+                raise _TryAgain(DeliveryError(f"no response from Vitally: {self._why(exception, deadline)}")) from None
+            status = response.status_code
+            try:
+                answer, longer = _read_answer(response)
+            except _BROKEN as exception:
+                response.close()
+                if 200 <= status < 300:  # accepted; only the rest of the answer got lost
+                    log.debug("batch of %d: %d, then the answer broke off", count, status)
+                    return
+                why = self._why(exception, deadline)
+                raise _TryAgain(DeliveryError(f"Vitally answered {status}, then the answer broke off: {why}")) from None
+        finally:
+            watchdog.disarm(deadline)
         log.debug("batch of %d: %d in %.0f ms", count, status, (self._clock() - started) * 1000)
         if 200 <= status < 300:
-            return None, None
-        text = response.text[:2000]
+            return
+        text = self._redact.answer(answer, longer)
+        shown = f"{text} [cut at {ANSWER_LIMIT} bytes]" if longer else text
         if status == 401:
             self._auth_paused_until = self._clock() + AUTH_PAUSE
             raise AuthenticationError(
@@ -207,8 +299,19 @@ class Transport:
                 status,
                 text,
             )
+        error = DeliveryError(f"Vitally answered {status}: {shown}", status, text)
+        if status not in RETRY_STATUSES:
+            raise error
         retry_after = retry_after_seconds(response.headers.get("Retry-After")) if status in (429, 503) else None
-        return DeliveryError(f"Vitally answered {status}: {text}", status, text), retry_after
+        raise _TryAgain(error, retry_after)
+
+    def _why(self, exception: BaseException, deadline: _Deadline) -> str:
+        """Why a request got no (complete) answer, without the write key a server may have echoed."""
+        if deadline.fired:
+            if self._aborted.is_set():
+                return "the client shut down during the request"
+            return f"timed out after {self._settings.timeout}s"
+        return f"{type(exception).__name__}: {self._redact.text(exception)}"
 
     def _report(self, error: DeliveryError, items: List[str]) -> None:
         if self._on_error is None:
@@ -221,4 +324,224 @@ class Transport:
             log.exception("on_error raised")
 
 
-__all__ = ["Outcome", "Transport", "retry_after_seconds"]
+def _read_answer(response: requests.Response) -> Tuple[bytes, bool]:
+    """The first ``ANSWER_LIMIT`` bytes of the body as sent (not decompressed), and whether there was more.
+
+    A body read whole returns its connection to the pool; the connection of a longer one is closed
+    rather than read on. A body cut short raises ``IncompleteRead``.
+    """
+    raw = response.raw
+    data: bytes = raw.read(ANSWER_LIMIT + 1, decode_content=False)
+    if len(data) <= ANSWER_LIMIT and not raw.closed:  # a short read before the end: only at end of stream
+        data += raw.read(ANSWER_LIMIT + 1 - len(data), decode_content=False)
+    if len(data) > ANSWER_LIMIT:
+        response.close()
+        return data[:ANSWER_LIMIT], True
+    if not raw.closed or raw.length_remaining:
+        raise IncompleteRead(data, raw.length_remaining)
+    raw.release_conn()
+    return data, False
+
+
+class _Redactor:
+    """Removes the write key from what a server sent back (it may echo the request's headers)."""
+
+    def __init__(self, secret: str) -> None:
+        texts = {secret, json.dumps(secret)[1:-1], repr(secret)[1:-1]}
+        raw = {secret.encode("utf-8"), json.dumps(secret).encode()[1:-1]}
+        with contextlib.suppress(UnicodeEncodeError):
+            raw.add(secret.encode("latin-1"))  # how it went out in the header
+        texts.update(repr(form)[2:-1] for form in list(raw))  # as shown inside a bytes repr
+        self._texts = sorted((form for form in texts if form), key=len, reverse=True)
+        self._raw = sorted((form for form in raw if form), key=len, reverse=True)
+
+    def text(self, value: object) -> str:
+        text = str(value)
+        for form in self._texts:
+            text = text.replace(form, REDACTED)
+        return text
+
+    def answer(self, data: bytes, cut: bool) -> str:
+        """An answer's body as text; ``cut``: it went on, so a key may begin at its very end."""
+        for form in self._raw:
+            data = data.replace(form, REDACTED.encode())
+            if cut:
+                for length in range(min(len(form), len(data)) - 1, 0, -1):
+                    if data.endswith(form[:length]):
+                        data = data[:-length] + REDACTED.encode()
+                        break
+        return self.text(data.decode("utf-8", errors="replace"))
+
+
+# Request deadlines. -------------------------------------------------------------------------
+#
+# requests' timeout applies to each socket operation, so a server trickling bytes can hold a
+# request forever. Each request arms a deadline; the connection it uses (a subclass, through the
+# adapter below) attaches its socket to the deadline armed on its thread; one watchdog thread shuts
+# that socket down when the deadline passes, so the blocked call returns at once. DNS resolution is
+# not covered (no socket exists yet); the connect itself is bounded by ``timeout`` per address.
+
+
+class _Deadline:
+    __slots__ = ("at", "fired", "handle", "owner")
+
+    def __init__(self, at: float, owner: object) -> None:
+        self.at = at
+        self.owner: Optional[object] = owner  # None once disarmed
+        self.handle: Optional[socket.socket] = None
+        self.fired = False
+
+
+class _Watchdog:
+    """One thread ending the requests whose deadline passed (per request: a lock, a heap push, a flag)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._heap: List[Tuple[float, int, _Deadline]] = []  # a disarmed entry is dropped once on top
+        self._order = itertools.count()
+        self._sleeping_until = math.inf
+        self._thread: Optional[threading.Thread] = None
+        self._current = threading.local()  # .deadline: the one armed on this thread
+
+    def arm(self, seconds: float, owner: object) -> _Deadline:
+        deadline = _Deadline(time.monotonic() + seconds, owner)
+        with self._lock:
+            heapq.heappush(self._heap, (deadline.at, next(self._order), deadline))
+            if self._thread is None:
+                self._start()
+            elif deadline.at < self._sleeping_until:
+                self._wake.notify()
+        self._current.deadline = deadline
+        return deadline
+
+    def _start(self) -> None:
+        thread = threading.Thread(target=self._run, name="analytics_vitally-deadlines", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # at interpreter shutdown no thread may start: only per-read timeouts apply
+            return
+        self._thread = thread
+
+    def disarm(self, deadline: _Deadline) -> None:
+        self._current.deadline = None
+        heap = self._heap
+        with self._lock:  # so the watchdog never shuts down a socket once it went back to the pool
+            deadline.owner = None
+            deadline.handle = None
+            while heap and heap[0][2].owner is None:  # keeps the heap about as long as requests in flight
+                heapq.heappop(heap)
+
+    def attach(self, handle: socket.socket) -> None:
+        """Called by a connection about to be used: the deadline armed on this thread now covers it."""
+        deadline: Optional[_Deadline] = getattr(self._current, "deadline", None)
+        if deadline is None:
+            return
+        with self._lock:
+            if deadline.owner is not None:
+                deadline.handle = handle
+                if deadline.fired:
+                    _shut(handle)
+
+    def fire_all(self, owner: object) -> None:
+        """End every request of ``owner`` in flight now."""
+        with self._lock:
+            for _, _, deadline in self._heap:
+                if deadline.owner is owner:
+                    self._fire(deadline)
+
+    def _fire(self, deadline: _Deadline) -> None:
+        deadline.fired = True
+        if deadline.handle is not None:
+            _shut(deadline.handle)
+
+    def _run(self) -> None:
+        heap = self._heap
+        with self._lock:
+            while True:
+                now = time.monotonic()
+                while heap and (heap[0][0] <= now or heap[0][2].owner is None):
+                    deadline = heapq.heappop(heap)[2]
+                    if deadline.owner is not None:
+                        self._fire(deadline)
+                self._sleeping_until = heap[0][0] if heap else math.inf
+                self._wake.wait(min(self._sleeping_until - now, 3600.0) if heap else None)
+
+
+def _shut(handle: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        handle.shutdown(socket.SHUT_RDWR)  # a blocked read or write on the connection returns at once
+
+
+_watchdog = _Watchdog()
+
+
+def _new_watchdog_in_child() -> None:
+    global _watchdog
+    _watchdog = _Watchdog()  # the parent's thread does not exist here, and its lock may be held
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_watchdog_in_child)
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    """A connection whose socket the deadline armed on the calling thread can shut down."""
+
+    _handle: Optional[socket.socket] = None
+    """A duplicate of the socket's descriptor: it stays valid when TLS wraps (and detaches) the socket."""
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        self._close_handle()
+        self._handle = sock.dup()
+        _watchdog.attach(self._handle)
+        return sock
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        if self._handle is not None and self.sock is not None:  # a kept-alive connection
+            _watchdog.attach(self._handle)
+        super().request(*args, **kwargs)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._close_handle()
+
+    def _close_handle(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.close()
+
+
+class _WatchedHTTPSConnection(_WatchedHTTPConnection, HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_WATCHED_POOLS: Dict[str, Type[HTTPConnectionPool]] = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """requests' adapter whose connections (direct or through an HTTP proxy) obey request deadlines."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if type(manager) is urllib3.ProxyManager:  # not SOCKS: its pools need their own connections
+            manager.pool_classes_by_scheme = _WATCHED_POOLS
+        return manager
+
+
+__all__ = ["ANSWER_LIMIT", "MAX_WAIT", "Outcome", "Transport", "retry_after_seconds"]
