@@ -53,7 +53,7 @@ class Settings:
     max_retry_time: float = 60.0
     retry_wait: float = 0.5
     timeout: float = 10.0
-    proxies: Optional[Dict[str, str]] = None
+    proxies: Optional[Dict[str, str]] = field(default=None, repr=False)  # may hold a proxy password
     thread: int = 1
     gzip: bool = False
     max_batch_bytes: int = 500_000

@@ -219,3 +219,8 @@ def test_no_settings_error_shows_the_key(caplog: pytest.LogCaptureFixture) -> No
             Client(SECRET, **settings)
         shown += [str(raised.value), repr(raised.value)]
     assert shown and not any(SECRET in text for text in [*shown, caplog.text])
+
+
+def test_a_proxy_password_is_not_shown() -> None:
+    client = Client("k", subdomain="acme", proxies={"https": "http://user:hunter2@127.0.0.1:3128"})
+    assert not any("hunter2" in text for text in (repr(client), str(client), repr(client.settings)))
