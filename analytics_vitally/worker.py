@@ -183,6 +183,10 @@ class Worker:
         finally:
             self._local.flushing = False
 
+    def send_now(self) -> None:
+        """Make every message queued so far due, and wake the threads; returns at once."""
+        self._target()
+
     def shutdown(self, timeout: Optional[float] = None) -> bool:
         """Deliver everything queued, then stop the threads; False if ``timeout`` passed first."""
         if self._on_worker_thread("shutdown()"):

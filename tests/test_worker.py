@@ -224,3 +224,15 @@ def test_a_full_batch_wakes_the_thread_that_saw_the_first_message(
     for i in range(1, 10):
         worker.put(f'"{i}"')
     wait_until(lambda: len(deliver.delivered) == 10, timeout=5)  # long before the 60 s interval
+
+
+def test_send_now_sends_what_is_queued_without_waiting(make_worker: Callable[..., Worker], deliver: Recorder) -> None:
+    worker = make_worker(upload_interval=60)
+    deliver.gate.clear()
+    worker.put('"a"')
+    started = time.monotonic()
+    worker.send_now()
+    assert time.monotonic() - started < 1  # returned at once, the batch is held in deliver
+    deliver.entered.wait(10)
+    deliver.gate.set()
+    wait_until(lambda: deliver.delivered == ['"a"'], timeout=5)  # long before the 60 s interval
