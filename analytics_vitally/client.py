@@ -62,6 +62,13 @@ class Client:
         target = self.settings.url if self.settings.send else "nowhere (send=False)"
         return f"<analytics_vitally.Client sending to {target}>"
 
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """At the end of a ``with`` block: deliver what is queued and stop the threads, within ``exit_timeout``."""
+        self.shutdown(timeout=self.settings.exit_timeout)
+
     # One method per message type. ---------------------------------------------------
 
     def organization(
@@ -258,6 +265,13 @@ class Client:
             client.flush(timeout=5)
         """
         return self._worker.flush(timeout)
+
+    def send_now(self) -> None:
+        """Start sending everything queued so far, without waiting for it (as if upload_interval had passed).
+
+            client.send_now()   # a burst is ready: send it as one batch now
+        """
+        self._worker.send_now()
 
     def shutdown(self, timeout: Optional[float] = None) -> bool:
         """Deliver what is queued, then stop the worker threads; False if ``timeout`` passed first.
