@@ -59,14 +59,19 @@ class InvalidTypeError(InvalidMessageError, TypeError):
 class DeliveryError(AnalyticsError):
     """Messages were not accepted by Vitally.
 
-    ``status`` is the HTTP status (``None`` when no response came back) and
-    ``body`` the server's response text, when there was one.
+    ``status`` is the HTTP status (``None`` when no complete response came back),
+    ``body`` the server's response text when there was one (at most 4 KB, the write
+    key removed), and ``retry_after`` the seconds Vitally asked to wait (its
+    ``Retry-After``), when it did.
     """
 
-    def __init__(self, reason: str, status: Optional[int] = None, body: Optional[str] = None) -> None:
+    def __init__(
+        self, reason: str, status: Optional[int] = None, body: Optional[str] = None, retry_after: Optional[float] = None
+    ) -> None:
         super().__init__(reason)
         self.status = status
         self.body = body
+        self.retry_after = retry_after
 
 
 class AuthenticationError(DeliveryError):

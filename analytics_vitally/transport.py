@@ -24,11 +24,10 @@ import platform
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from http.client import HTTPException, IncompleteRead
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+from typing import Any, Dict, List, Optional, Tuple, Type
 
 import backoff
 import requests
@@ -40,6 +39,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from .errors import AuthenticationError, DeliveryError
 from .settings import Settings
 from .version import VERSION
+from .worker import Outcome
 
 log = logging.getLogger("analytics_vitally")
 
@@ -58,17 +58,6 @@ REDACTED = "[redacted write_key]"
 
 _BROKEN = (requests.RequestException, urllib3.exceptions.HTTPError, HTTPException, OSError)
 """What a request or the reading of its answer raises when the connection or the server failed."""
-
-
-@dataclass
-class Outcome:
-    """What became of one batch handed to ``Transport.deliver``."""
-
-    sent: int = 0
-    failed: int = 0
-    retried: int = 0
-    batches: int = 0
-    """Requests Vitally accepted."""
 
 
 def retry_after_seconds(value: Optional[str], now: Optional[datetime] = None) -> Optional[float]:
@@ -98,13 +87,9 @@ def _environment_settings(url: str, proxies: Optional[Dict[str, str]]) -> Dict[s
     return {"proxies": found["proxies"], "verify": found["verify"]}
 
 
-class _TryAgain(Exception):
-    """A try that failed in a way worth trying again (raised by ``Transport._post``)."""
-
-    def __init__(self, error: DeliveryError, retry_after: Optional[float] = None) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.retry_after = retry_after
+def _given_up(error: DeliveryError, why: str) -> DeliveryError:
+    """``error`` as the final word on a batch, saying why it is not tried again."""
+    return DeliveryError(f"{error} ({why})", error.status, error.body, error.retry_after)
 
 
 class Transport:
@@ -130,7 +115,6 @@ class Transport:
         # Every batch is the same POST but for its body: prepared once, copied per request.
         self._template = requests.Request("POST", self._url, headers=self._headers).prepare()
         self._redact = _Redactor(settings.write_key or "")
-        self._clock: Callable[[], float] = time.monotonic
         self.reset_after_fork()
 
     def __repr__(self) -> str:
@@ -194,7 +178,7 @@ class Transport:
             body = gzip.compress(body, compresslevel=6)
         waits = backoff.expo(factor=settings.retry_wait, max_value=MAX_WAIT)
         next(waits)
-        deadline = self._clock() + settings.max_retry_time
+        deadline = time.monotonic() + settings.max_retry_time
         tries = 0
         while True:
             if self._paused_until:
@@ -202,25 +186,25 @@ class Transport:
             try:
                 self._post(body, len(items))
                 return
-            except _TryAgain as failure:
-                error, retry_after = failure.error, failure.retry_after
+            except DeliveryError as failure:
+                error = failure
+            if error.status is not None and error.status not in RETRY_STATUSES:
+                raise error
             tries += 1
             if self._aborted.is_set():
-                raise DeliveryError(f"{error} (not retried: the client is shutting down)", error.status, error.body)
+                raise _given_up(error, "not retried: the client is shutting down")
+            retry_after = error.retry_after
             wait = min(retry_after, MAX_WAIT) if retry_after is not None else backoff.full_jitter(next(waits))
             client_wide = error.status == 429 or retry_after is not None
             if client_wide:  # Vitally asked the whole client to slow down: no thread sends before it passes
                 with self._lock:
-                    self._paused_until = max(self._paused_until, self._clock() + wait)
+                    self._paused_until = max(self._paused_until, time.monotonic() + wait)
                     self._pause_status = error.status
             if tries > settings.max_retries:
-                raise DeliveryError(f"{error} (gave up after {tries} tries)", error.status, error.body)
-            if self._clock() + wait > deadline:
-                raise DeliveryError(
-                    f"{error} (gave up: waiting {wait:.1f}s more would pass max_retry_time="
-                    f"{settings.max_retry_time}s)",
-                    error.status,
-                    error.body,
+                raise _given_up(error, f"gave up after {tries} tries")
+            if time.monotonic() + wait > deadline:
+                raise _given_up(
+                    error, f"gave up: waiting {wait:.1f}s more would pass max_retry_time={settings.max_retry_time}s"
                 )
             with self._lock:
                 self.retries += 1
@@ -229,15 +213,15 @@ class Transport:
             if client_wide:
                 continue  # the pause is waited out before the next request
             if self._aborted.wait(wait):
-                raise DeliveryError(f"{error} (not retried: the client is shutting down)", error.status, error.body)
+                raise _given_up(error, "not retried: the client is shutting down")
 
     def _wait_out_pause(self, deadline: float) -> None:
         """Wait until the client-wide pause (a 429 or a Retry-After) is over, unless aborted."""
         while not self._aborted.is_set():
-            left = self._paused_until - self._clock()
+            left = self._paused_until - time.monotonic()
             if left <= 0:
                 return
-            if self._clock() + left > deadline:
+            if time.monotonic() + left > deadline:
                 raise DeliveryError(
                     f"not sent: the client is paused {left:.1f}s more (Vitally answered {self._pause_status}), "
                     f"which would pass max_retry_time={self._settings.max_retry_time}s",
@@ -246,11 +230,14 @@ class Transport:
             self._aborted.wait(left)
 
     def _post(self, body: bytes, count: int) -> None:
-        """One request: returns if Vitally accepted it; raises ``_TryAgain`` if worth another try, else
-        ``DeliveryError``."""
+        """One request: returns if Vitally accepted it, else raises ``DeliveryError``.
+
+        The error's ``status`` is None when no (complete) answer came back; with ``RETRY_STATUSES``
+        it says whether another try is worth it, and ``retry_after`` is Vitally's Retry-After.
+        """
         if self._aborted.is_set():
             raise DeliveryError("not sent: the client shut down before these messages could be delivered")
-        paused = self._auth_paused_until - self._clock()
+        paused = self._auth_paused_until - time.monotonic()
         if paused > 0:
             raise AuthenticationError(
                 f"not sent: Vitally refused the write_key (401) recently; sending is paused for {paused:.0f}s more",
@@ -260,7 +247,7 @@ class Transport:
         request.prepare_body(body, None)
         timeout = self._settings.timeout
         watchdog = _watchdog
-        started = self._clock()
+        started = time.monotonic()
         deadline = watchdog.arm(timeout, self)
         try:
             if self._aborted.is_set():  # abort() ran after the check above: it did not see this deadline
@@ -273,7 +260,7 @@ class Transport:
                 response = self._adapter().send(request, timeout=timeout, **self._environment)
             except _BROKEN as exception:
                 log.debug("batch of %d: no response (%s)", count, type(exception).__name__)
-                raise _TryAgain(DeliveryError(f"no response from Vitally: {self._why(exception, deadline)}")) from None
+                raise DeliveryError(f"no response from Vitally: {self._why(exception, deadline)}") from None
             status = response.status_code
             try:
                 answer, longer = _read_answer(response)
@@ -283,27 +270,24 @@ class Transport:
                     log.debug("batch of %d: %d, then the answer broke off", count, status)
                     return
                 why = self._why(exception, deadline)
-                raise _TryAgain(DeliveryError(f"Vitally answered {status}, then the answer broke off: {why}")) from None
+                raise DeliveryError(f"Vitally answered {status}, then the answer broke off: {why}") from None
         finally:
             watchdog.disarm(deadline)
-        log.debug("batch of %d: %d in %.0f ms", count, status, (self._clock() - started) * 1000)
+        log.debug("batch of %d: %d in %.0f ms", count, status, (time.monotonic() - started) * 1000)
         if 200 <= status < 300:
             return
         text = self._redact.answer(answer, longer)
         shown = f"{text} [cut at {ANSWER_LIMIT} bytes]" if longer else text
         if status == 401:
-            self._auth_paused_until = self._clock() + AUTH_PAUSE
+            self._auth_paused_until = time.monotonic() + AUTH_PAUSE
             raise AuthenticationError(
                 f"Vitally refused the write_key (401): check the Analytics API token; "
                 f"sending is paused for {AUTH_PAUSE:.0f}s",
                 status,
                 text,
             )
-        error = DeliveryError(f"Vitally answered {status}: {shown}", status, text)
-        if status not in RETRY_STATUSES:
-            raise error
         retry_after = retry_after_seconds(response.headers.get("Retry-After")) if status in (429, 503) else None
-        raise _TryAgain(error, retry_after)
+        raise DeliveryError(f"Vitally answered {status}: {shown}", status, text, retry_after)
 
     def _why(self, exception: BaseException, deadline: _Deadline) -> str:
         """Why a request got no (complete) answer, without the write key a server may have echoed."""
@@ -544,4 +528,4 @@ class _WatchedAdapter(HTTPAdapter):
         return manager
 
 
-__all__ = ["ANSWER_LIMIT", "MAX_WAIT", "Outcome", "Transport", "retry_after_seconds"]
+__all__ = ["ANSWER_LIMIT", "MAX_WAIT", "Transport", "retry_after_seconds"]

@@ -16,13 +16,23 @@ from dataclasses import dataclass, replace
 from typing import Callable, Deque, Dict, List, Optional
 
 from .settings import Settings
-from .transport import Outcome
 
 log = logging.getLogger("analytics_vitally")
 
 DROP_LOG_INTERVAL = 10.0
 """Seconds between two log lines about a full queue."""
 _LIVENESS_CHECK = 0.25
+
+
+@dataclass
+class Outcome:
+    """What became of one batch handed to ``deliver`` (the transport's, or any callable's)."""
+
+    sent: int = 0
+    failed: int = 0
+    retried: int = 0
+    batches: int = 0
+    """Requests Vitally accepted."""
 
 
 @dataclass(frozen=True)
@@ -361,4 +371,4 @@ class Worker:
         )
 
 
-__all__ = ["Stats", "Worker"]
+__all__ = ["Outcome", "Stats", "Worker"]

@@ -120,8 +120,7 @@ def breakdown(calls: int, port: int) -> None:
     from analytics_vitally.encoding import encode, now_timestamp
     from analytics_vitally.messages import check, normalize_ids, parameter
     from analytics_vitally.settings import Settings
-    from analytics_vitally.transport import Outcome
-    from analytics_vitally.worker import Worker
+    from analytics_vitally.worker import Outcome, Worker
 
     new_id: Callable[[], str] = getattr(client_module, "_new_message_id", lambda: str(uuid4()))
     fields = {

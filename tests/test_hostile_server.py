@@ -13,7 +13,8 @@ import pytest
 
 from analytics_vitally import Client, DeliveryError
 from analytics_vitally.settings import Settings
-from analytics_vitally.transport import ANSWER_LIMIT, Outcome, Transport
+from analytics_vitally.transport import ANSWER_LIMIT, Transport
+from analytics_vitally.worker import Outcome
 
 from .conftest import TOKEN, run_script
 from .hostile import (

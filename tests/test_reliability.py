@@ -112,6 +112,7 @@ def test_a_retry_after_beyond_max_retry_time_gives_up(
     assert time.monotonic() - started < 5
     ((error, messages),) = errors
     assert isinstance(error, DeliveryError) and error.status == 429 and "max_retry_time" in str(error)
+    assert error.retry_after == 3600  # what Vitally asked for, before the 30 s cap
     assert len(messages) == 2
 
 

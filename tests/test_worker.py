@@ -10,8 +10,7 @@ from typing import Callable, Iterator, List, Optional
 import pytest
 
 from analytics_vitally.settings import Settings
-from analytics_vitally.transport import Outcome
-from analytics_vitally.worker import Worker
+from analytics_vitally.worker import Outcome, Worker
 
 
 class Recorder:
