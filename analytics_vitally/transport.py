@@ -33,6 +33,7 @@ import backoff
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from requests.utils import select_proxy
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -103,6 +104,7 @@ class Transport:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._url = settings.url
+        self._path = urllib3.util.parse_url(self._url).request_uri
         self._on_error = settings.on_error
         self._headers = {
             "Authorization": f"Basic {settings.write_key}",
@@ -126,6 +128,51 @@ class Transport:
         if adapter is None:
             adapter = self._local.adapter = _WatchedAdapter()
         return adapter
+
+    def _pool(self) -> Optional[HTTPConnectionPool]:
+        """This thread's connection pool to Vitally, set up as requests would (TLS, CA bundle); None via a proxy."""
+        pool: Optional[HTTPConnectionPool] = getattr(self._local, "pool", None)
+        if pool is None and not getattr(self._local, "proxied", False):
+            if select_proxy(self._url, self._environment["proxies"]) is not None:
+                self._local.proxied = True  # requests' adapter knows a proxy's ways (CONNECT, its headers)
+                return None
+            adapter, verify = self._adapter(), self._environment["verify"]
+            found: Any
+            if hasattr(adapter, "get_connection_with_tls_context"):  # requests 2.32.2 and later
+                found = adapter.get_connection_with_tls_context(self._template, verify)
+            else:
+                found = adapter.get_connection(self._url)
+                adapter.cert_verify(found, self._url, verify, None)  # type: ignore[no-untyped-call]
+            pool = self._local.pool = found
+        return pool
+
+    def _send(self, body: bytes, timeout: float) -> urllib3.BaseHTTPResponse:
+        """Post one batch; the answer with its body unread.
+
+        Straight to urllib3's keep-alive pool: a batch needs none of requests' per-request work
+        (cookies, hooks, redirects: a redirected POST must not be followed as a GET, netrc, which
+        could replace the Authorization header), and skipping it halves the CPU a batch costs.
+        The environment (proxies, CA bundle) was read once, when the transport was made.
+        """
+        pool = self._pool()
+        if pool is None:
+            request = self._template.copy()
+            request.prepare_body(body, None)
+            response = self._adapter().send(request, timeout=timeout, **self._environment)
+            raw: urllib3.BaseHTTPResponse = response.raw
+            return raw
+        return pool.urlopen(
+            "POST",
+            self._path,
+            body=body,
+            headers=self._headers,
+            retries=False,
+            redirect=False,
+            assert_same_host=False,
+            timeout=urllib3.Timeout(connect=timeout, read=timeout),
+            preload_content=False,
+            decode_content=False,
+        )
 
     def reset_after_fork(self) -> None:
         """Forget connections, pauses and counts inherited from the parent process."""
@@ -243,8 +290,6 @@ class Transport:
                 f"not sent: Vitally refused the write_key (401) recently; sending is paused for {paused:.0f}s more",
                 401,
             )
-        request = self._template.copy()
-        request.prepare_body(body, None)
         timeout = self._settings.timeout
         watchdog = _watchdog
         started = time.monotonic()
@@ -253,19 +298,15 @@ class Transport:
             if self._aborted.is_set():  # abort() ran after the check above: it did not see this deadline
                 raise DeliveryError("not sent: the client shut down before these messages could be delivered")
             try:
-                # Straight to the adapter (its keep-alive pool): a batch needs no cookies, hooks or
-                # redirects (a redirected POST must not be followed as a GET), and skipping them saves CPU.
-                # The environment (proxies, CA bundle) was read once; requests would read it per request,
-                # and could let a ~/.netrc entry replace the Authorization header.
-                response = self._adapter().send(request, timeout=timeout, **self._environment)
+                response = self._send(body, timeout)
             except _BROKEN as exception:
                 log.debug("batch of %d: no response (%s)", count, type(exception).__name__)
                 raise DeliveryError(f"no response from Vitally: {self._why(exception, deadline)}") from None
-            status = response.status_code
+            status = response.status
             try:
                 answer, longer = _read_answer(response)
             except _BROKEN as exception:
-                response.close()
+                _drop(response)
                 if 200 <= status < 300:  # accepted; only the rest of the answer got lost
                     log.debug("batch of %d: %d, then the answer broke off", count, status)
                     return
@@ -308,23 +349,28 @@ class Transport:
             log.exception("on_error raised")
 
 
-def _read_answer(response: requests.Response) -> Tuple[bytes, bool]:
+def _read_answer(response: urllib3.BaseHTTPResponse) -> Tuple[bytes, bool]:
     """The first ``ANSWER_LIMIT`` bytes of the body as sent (not decompressed), and whether there was more.
 
     A body read whole returns its connection to the pool; the connection of a longer one is closed
     rather than read on. A body cut short raises ``IncompleteRead``.
     """
-    raw = response.raw
-    data: bytes = raw.read(ANSWER_LIMIT + 1, decode_content=False)
-    if len(data) <= ANSWER_LIMIT and not raw.closed:  # a short read before the end: only at end of stream
-        data += raw.read(ANSWER_LIMIT + 1 - len(data), decode_content=False)
+    data: bytes = response.read(ANSWER_LIMIT + 1, decode_content=False)
+    if len(data) <= ANSWER_LIMIT and not response.closed:  # a short read before the end: only at end of stream
+        data += response.read(ANSWER_LIMIT + 1 - len(data), decode_content=False)
     if len(data) > ANSWER_LIMIT:
-        response.close()
+        _drop(response)
         return data[:ANSWER_LIMIT], True
-    if not raw.closed or raw.length_remaining:
-        raise IncompleteRead(data, raw.length_remaining)
-    raw.release_conn()
+    if not response.closed or response.length_remaining:
+        raise IncompleteRead(data, response.length_remaining)
+    response.release_conn()
     return data, False
+
+
+def _drop(response: urllib3.BaseHTTPResponse) -> None:
+    """Close the answer's connection without reading on; its pool makes a new one when needed."""
+    response.close()
+    response.release_conn()
 
 
 class _Redactor:

@@ -285,3 +285,13 @@ def test_flush_inside_on_error_does_not_deadlock(make_client: MakeClient, receiv
     client.track("u", "e")
     assert client.flush(timeout=10) is True
     assert inner == [False]
+
+
+def test_a_producer_that_never_pauses_loses_nothing(make_client: MakeClient, receiver: Receiver) -> None:
+    # A loop of calls with no other work keeps the GIL; the worker must still get the CPU to drain the queue.
+    client = make_client(max_queue_size=2_000)
+    for i in range(40_000):
+        client.track("u", "e", {"i": i})
+    assert client.flush(timeout=60)
+    assert client.stats().dropped == 0
+    assert len(receiver.messages) == 40_000
