@@ -25,6 +25,7 @@ import time
 from types import FrameType
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from .client import send_leftovers
 from .errors import ConfigurationError
 from .importer import (
     DEFAULT_REJECTS,
@@ -40,6 +41,8 @@ from .importer import (
     ImportReport,
     Rejection,
 )
+from .spool import DEAD_LETTER
+from .spool import inspect as inspect_spool
 from .version import VERSION
 
 DEFAULT_PORT = 8765
@@ -54,6 +57,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "spool":
+            return _spool(args)
         return _import(args)
     except ConfigurationError as error:
         option = "workers" if error.setting == "thread" else error.setting.replace("_", "-")
@@ -107,11 +112,7 @@ def _parser() -> argparse.ArgumentParser:
         "Vitally's API). Exit code 0 only when every line was delivered; 1 when some were not; 2 on a usage error.",
     )
     command.add_argument("files", nargs="+", metavar="FILE", help="JSON Lines file; - reads standard input")
-    command.add_argument("--write-key", help="the Analytics API token from Vitally (default: $VITALLY_WRITE_KEY)")
-    command.add_argument("--subdomain", help="acme for https://acme.vitally.io (default: $VITALLY_SUBDOMAIN)")
-    command.add_argument(
-        "--host", help="send to this base URL instead, such as http://127.0.0.1:8765 (default: $VITALLY_HOST)"
-    )
+    _target_options(command)
     command.add_argument(
         "--workers",
         type=_int_from(1, MAX_WORKERS),
@@ -159,7 +160,26 @@ def _parser() -> argparse.ArgumentParser:
     command.add_argument("--token", default="test-token", help="the write key to accept (default: test-token)")
     command.add_argument("--save", metavar="FILE", help="append every accepted message to FILE as JSON Lines")
     command.add_argument("-q", "--quiet", action="store_true", help="do not print each accepted message")
+
+    command = commands.add_parser(
+        "spool",
+        help="show what a spool directory holds, or send what dead processes left in it",
+        description="Without --send: print what DIR holds (its first line is 'N messages pending'). With --send: "
+        "deliver what processes that are gone left in DIR, and exit 0 when all of it was delivered.",
+    )
+    command.add_argument("directory", metavar="DIR", help="the spool directory (the client's spool setting)")
+    command.add_argument("--send", action="store_true", help="deliver what dead processes left")
+    _target_options(command)
+    command.add_argument("-v", "--verbose", action="store_true", help="log every request to standard error")
     return parser
+
+
+def _target_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--write-key", help="the Analytics API token from Vitally (default: $VITALLY_WRITE_KEY)")
+    command.add_argument("--subdomain", help="acme for https://acme.vitally.io (default: $VITALLY_SUBDOMAIN)")
+    command.add_argument(
+        "--host", help="send to this base URL instead, e.g. http://127.0.0.1:8765 (default: $VITALLY_HOST)"
+    )
 
 
 # import -------------------------------------------------------------------------------
@@ -330,6 +350,30 @@ def _serve(args: argparse.Namespace) -> int:
         save.close()
     print(f"stopped after accepting {len(receiver.messages)} message(s)", flush=True)
     return 0
+
+
+# spool --------------------------------------------------------------------------------
+
+
+def _spool(args: argparse.Namespace) -> int:
+    if not os.path.isdir(args.directory):
+        return _fail(f"{args.directory} is not a directory")
+    if not args.send:
+        print(inspect_spool(args.directory).text())
+        return 0
+    if args.verbose:
+        logging.getLogger("analytics_vitally").setLevel(logging.DEBUG)
+    sent, refused, kept = send_leftovers(
+        args.directory, write_key=args.write_key, subdomain=args.subdomain, host=args.host
+    )
+    if kept:
+        print(f"not delivered: {kept} message(s) stay in {args.directory}", file=sys.stderr)
+        return 1
+    print(f"sent {sent}, refused {refused} (written to {os.path.join(args.directory, DEAD_LETTER)})")
+    held = inspect_spool(args.directory).pending
+    if held:
+        print(f"{held} message(s) belong to processes still running: they send them", file=sys.stderr)
+    return 1 if refused else 0
 
 
 __all__ = ["main"]

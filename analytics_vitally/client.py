@@ -16,10 +16,11 @@ from uuid import UUID
 
 from .encoding import encode, format_timestamp, now_timestamp
 from .errors import InvalidMessageError, InvalidTypeError
-from .messages import complete, normalize_ids, parameter, problems, wire_field
+from .messages import MAX_BATCH_MESSAGES, complete, normalize_ids, parameter, problems, wire_field
 from .settings import Settings
+from .spool import Spool
 from .transport import Transport
-from .worker import Stats, Worker
+from .worker import Stats, Worker, settle_in_spool
 
 log = logging.getLogger("analytics_vitally")
 
@@ -46,7 +47,13 @@ class Client:
     def __init__(self, write_key: Optional[str] = None, **settings: Any) -> None:
         self.settings = Settings(write_key=write_key, **settings).resolved()
         self._transport = Transport(self.settings)
-        self._worker = Worker(self._transport.deliver, self.settings)
+        chosen = self.settings
+        self._spool = (
+            Spool(chosen.spool, max_bytes=chosen.max_spool_bytes, fsync=chosen.spool_fsync)
+            if chosen.spool is not None and chosen.send
+            else None
+        )
+        self._worker = Worker(self._transport.deliver, self.settings, self._spool)
         self._max_message_bytes = self.settings.max_batch_bytes - 2
         self._dispatch: Callable[[str], bool] = (
             _not_sent
@@ -57,6 +64,8 @@ class Client:
         )
         _configure_logging(self.settings)
         _clients.add(self)
+        if self._spool is not None:
+            self._worker.start()  # what earlier processes left is sent now, with no call needed
 
     def __repr__(self) -> str:
         target = self.settings.url if self.settings.send else "nowhere (send=False)"
@@ -269,7 +278,7 @@ class Client:
     def send_now(self) -> None:
         """Start sending everything queued so far, without waiting for it (as if upload_interval had passed).
 
-            client.send_now()   # a burst is ready: send it as one batch now
+        client.send_now()   # a burst is ready: send it as one batch now
         """
         self._worker.send_now()
 
@@ -294,6 +303,34 @@ class Client:
     def _after_fork_in_child(self) -> None:
         self._worker.reset_after_fork()
         self._transport.reset_after_fork()
+        if self._spool is not None:
+            self._spool.reset_after_fork()  # the child writes files of its own, never its parent's
+
+
+def send_leftovers(directory: str, **settings: Any) -> Tuple[int, int, int]:
+    """Deliver what processes that are gone left in the spool ``directory``; ``(sent, refused, kept)``.
+
+    Refused messages go to the spool's dead letters; ``kept`` counts messages that could not be
+    delivered for a reason that may pass (they stay, and it stops there). Settings as ``Client``'s.
+
+        sent, refused, kept = send_leftovers("/var/spool/vitally", subdomain="acme")
+    """
+    transport = Transport(Settings(**{**settings, "spool": directory}).resolved())
+    spool = Spool(directory, scan_interval=0)
+    sent = refused = 0
+    try:
+        while True:
+            found = spool.recover(MAX_BATCH_MESSAGES)
+            if not found:
+                return sent, refused, 0
+            batch = [(data.decode(), token) for token, data in found]
+            outcome = transport.deliver([message for message, _ in batch])
+            settle_in_spool(spool, batch, outcome)
+            sent, refused = sent + outcome.sent, refused + len(outcome.rejected)
+            if outcome.kept:
+                return sent, refused, len(outcome.kept)
+    finally:
+        spool.close()
 
 
 _random = random.Random()  # seeded from os.urandom; private, so random.seed() in the app can't repeat IDs
@@ -366,7 +403,9 @@ def _drain_at_exit() -> None:
     for client in clients:
         remaining = max(0.0, deadline - time.monotonic())
         lost = client._worker.close(remaining, client._transport.abort)
-        if lost:
+        if client._spool is not None:
+            client._spool.close()  # what is left stays on disk for the next process (the spool logs how many)
+        elif lost:
             log.error(
                 "%d message(s) not delivered at exit and not reported to on_error within exit_timeout=%ss: "
                 "they are lost",
@@ -400,4 +439,4 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(_drain_at_exit)
 
-__all__ = ["Client", "Message", "Result"]
+__all__ = ["Client", "Message", "Result", "send_leftovers"]

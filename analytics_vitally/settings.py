@@ -26,6 +26,7 @@ ENVIRONMENT = {
     "write_key": "VITALLY_WRITE_KEY",
     "subdomain": "VITALLY_SUBDOMAIN",
     "host": "VITALLY_HOST",
+    "spool": "VITALLY_SPOOL",
 }
 """Settings that fall back to an environment variable when unset."""
 
@@ -58,6 +59,9 @@ class Settings:
     gzip: bool = False
     max_batch_bytes: int = 500_000
     exit_timeout: float = 5.0
+    spool: Optional[str] = None
+    spool_fsync: bool = False
+    max_spool_bytes: int = 100_000_000
 
     def resolved(self) -> Settings:
         """A copy with environment fallbacks applied, normalised and checked; ConfigurationError if unusable.
@@ -74,6 +78,8 @@ class Settings:
             settings.write_key = settings.write_key.strip()
         if settings.host is not None:
             settings.host = _normalized_host(settings.host)
+        if settings.spool == "":  # VITALLY_SPOOL= (set but empty) means no spool
+            settings.spool = None
         settings._check()
         return settings
 
@@ -106,6 +112,10 @@ class Settings:
             )
         if self.host is not None:
             _check_host(self.host)
+        if self.spool is not None and self.sync_mode:
+            raise ConfigurationError(
+                "spool", "cannot be used with sync_mode=True: a sync call delivers before it returns"
+            )
         if self.write_key:
             _check_write_key(self.write_key)
         if self.send:
@@ -158,6 +168,9 @@ _TYPES: Dict[str, Tuple[type, ...]] = {
     "gzip": (bool,),
     "max_batch_bytes": (int,),
     "exit_timeout": (int, float),
+    "spool": (str, type(None)),
+    "spool_fsync": (bool,),
+    "max_spool_bytes": (int,),
 }
 _INT_RANGES = {
     "upload_size": (1, MAX_BATCH_MESSAGES),
@@ -165,6 +178,7 @@ _INT_RANGES = {
     "thread": (1, MAX_THREADS),
     "max_batch_bytes": (1, 10**9),
     "max_retries": (0, 10**6),
+    "max_spool_bytes": (1 << 16, 10**12),
 }
 _DURATIONS = ("upload_interval", "max_retry_time", "retry_wait", "timeout", "exit_timeout")
 _UNSAFE_IN_URL = re.compile(r"[\\\s\x00-\x1f\x7f]")

@@ -106,6 +106,8 @@ class Transport:
         self._url = settings.url
         self._path = urllib3.util.parse_url(self._url).request_uri
         self._on_error = settings.on_error
+        self._keeps_for_later = settings.spool is not None and settings.send
+        """With a spool, messages that failed for a reason that may pass stay in it instead of being reported."""
         self._headers = {
             "Authorization": f"Basic {settings.write_key}",
             "Content-Type": "application/json",
@@ -205,15 +207,11 @@ class Transport:
                 self._deliver(items[:middle], outcome)
                 self._deliver(items[middle:], outcome)
                 return
-            outcome.failed += len(items)
-            self._report(error, items)
+            self._fail(error, items, outcome)
         except Exception as exception:  # a bug must not lose messages silently, nor kill the worker
             log.debug("unexpected error delivering a batch of %d", len(items), exc_info=True)
-            outcome.failed += len(items)
-            self._report(
-                DeliveryError(f"not delivered: unexpected {type(exception).__name__}: {self._redact.text(exception)}"),
-                items,
-            )
+            why = f"not delivered: unexpected {type(exception).__name__}: {self._redact.text(exception)}"
+            self._fail(DeliveryError(why), items, outcome)
         else:
             outcome.sent += len(items)
             outcome.batches += 1
@@ -337,6 +335,18 @@ class Transport:
                 return "the client shut down during the request"
             return f"timed out after {self._settings.timeout}s"
         return f"{type(exception).__name__}: {self._redact.text(exception)}"
+
+    def _fail(self, error: DeliveryError, items: List[str], outcome: Outcome) -> None:
+        """Messages that will not be delivered now: reported, or with a spool kept if the reason may pass."""
+        refused = error.status is not None and 400 <= error.status < 500 and error.status not in (401, 408, 429)
+        if self._keeps_for_later and not refused:
+            outcome.kept += items
+            log.warning("%d message(s) not delivered, kept in the spool for a later try: %s", len(items), error)
+            return
+        outcome.failed += len(items)
+        if refused:
+            outcome.rejected += items
+        self._report(error, items)
 
     def _report(self, error: DeliveryError, items: List[str]) -> None:
         if self._on_error is None:

@@ -12,16 +12,19 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, replace
-from typing import Callable, Deque, Dict, List, Optional
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from .settings import Settings
+from .spool import Spool
 
 log = logging.getLogger("analytics_vitally")
 
 DROP_LOG_INTERVAL = 10.0
 """Seconds between two log lines about a full queue."""
 _LIVENESS_CHECK = 0.25
+_RECOVER_INTERVAL = 1.0
+"""Seconds between two looks into the spool for messages to send again or left by dead processes."""
 _YIELD_EVERY = 64
 """With the queue half full (max_queue_size), a caller yields the GIL once in this many calls."""
 
@@ -32,9 +35,14 @@ class Outcome:
 
     sent: int = 0
     failed: int = 0
+    """Messages that failed for good, reported to on_error (or the log)."""
     retried: int = 0
     batches: int = 0
     """Requests Vitally accepted."""
+    rejected: List[str] = field(default_factory=list)
+    """The items that failed for good because Vitally refused them (a spool writes them to its dead letters)."""
+    kept: List[str] = field(default_factory=list)
+    """The items not delivered for a reason that may pass, not reported: a spool keeps them for a later try."""
 
 
 @dataclass(frozen=True)
@@ -88,8 +96,11 @@ class Worker:
       lock and threads; what the parent had queued is the parent's to send.
     """
 
-    def __init__(self, deliver: Callable[[List[str]], Outcome], settings: Settings) -> None:
+    def __init__(
+        self, deliver: Callable[[List[str]], Outcome], settings: Settings, spool: Optional[Spool] = None
+    ) -> None:
         self._deliver = deliver
+        self._spool = spool
         self._size = settings.upload_size
         self._interval = settings.upload_interval
         self._max_bytes = settings.max_batch_bytes
@@ -100,7 +111,7 @@ class Worker:
         self._reset()
 
     def _reset(self) -> None:
-        self._pending: Deque[str] = deque()
+        self._pending: Deque[Any] = deque()  # encoded messages; with a spool, (message, spool token) pairs
         # Re-entrant: a signal handler that calls flush() while this thread is inside a locked
         # section (track(), stats()) must get the lock, not deadlock; its wait releases it.
         self._cond = threading.Condition(threading.RLock())
@@ -113,6 +124,7 @@ class Worker:
         self._closed = False
         self._sent_in_sync_mode = 0
         self._calls_backed_up = 0
+        self._next_recovery = 0.0
         self._nudged = False
         self._oldest: Optional[float] = None
         self._stats = Stats()
@@ -131,7 +143,14 @@ class Worker:
         if len(pending) >= self._capacity:  # close() sets the capacity to 0: one test on the hot path
             self._drop()
             return False
-        pending.append(item)
+        if self._spool is None:
+            pending.append(item)
+        else:  # on disk before the call returns: it survives the process
+            token = self._spool.append(item.encode())
+            if token is None:  # the spool is full (it logs why)
+                self._drop()
+                return False
+            pending.append((item, token))
         if not self._threads:
             self._start()
         waiting = len(pending)
@@ -296,6 +315,10 @@ class Worker:
 
     # The threads' side. -------------------------------------------------------------
 
+    def start(self) -> None:
+        """Start the threads now, not at the first message (a spool's leftovers need no call)."""
+        self._start()
+
     def _start(self) -> None:
         with self._cond:
             if not self._threads:
@@ -315,7 +338,7 @@ class Worker:
     def _done(self, target: int) -> bool:
         return self._taken >= target and all(start >= target for start in self._in_flight)
 
-    def _take(self) -> Optional[List[str]]:
+    def _take(self) -> Optional[List[Any]]:
         """The next batch if one is due (lock held)."""
         pending = self._pending
         if not pending:
@@ -333,10 +356,11 @@ class Worker:
         if not due:
             self._nudged = False  # so the caller wakes us again when a full batch is waiting
             return None
-        batch: List[str] = []
+        batch: List[Any] = []
         size = 2
         while pending and len(batch) < self._size:
-            size += len(pending[0]) + 1
+            item = pending[0]
+            size += (len(item) if item.__class__ is str else len(item[0])) + 1
             if batch and size > self._max_bytes:
                 break
             batch.append(pending.popleft())
@@ -357,6 +381,8 @@ class Worker:
     def _run(self) -> None:
         me = threading.current_thread()
         while True:
+            if self._spool is not None:
+                self._recover()
             with self._cond:
                 batch = self._take()
                 while batch is None:
@@ -367,18 +393,52 @@ class Worker:
                             self._stopping = False  # drained: the next message starts threads afresh
                         self._cond.notify_all()
                         return
-                    self._cond.wait(self._wait_time())
+                    wait = self._wait_time()
+                    if self._spool is not None and not self._stopping:
+                        wait = min(wait, self._next_recovery - time.monotonic())
+                        if wait <= 0:
+                            break  # time to look into the spool again
+                    self._cond.wait(wait)
                     batch = self._take()
+                if batch is None:
+                    continue
                 start = self._taken - len(batch)
             self._send(batch, start)
 
-    def _send(self, batch: List[str], start: int) -> None:
-        outcome = Outcome(failed=len(batch))
+    def _recover(self) -> None:
+        """Queue what the spool holds that no queue does: retries that are due, and dead processes' messages.
+
+        Runs on a worker thread, outside the lock (the spool reads files), at most once a second
+        and only while the queue has room, so leftovers never crowd out new messages.
+        """
+        assert self._spool is not None
+        now = time.monotonic()
+        if now < self._next_recovery or self._stopping:
+            return
+        self._next_recovery = now + _RECOVER_INTERVAL
+        room = min(self._capacity - len(self._pending), 10 * self._size)
+        if room <= 0:
+            return
+        found = self._spool.recover(room)
+        if found:
+            with self._cond:
+                self._pending.extend((data.decode(), token) for token, data in found)
+                self._cond.notify()
+            self._next_recovery = now  # there may be more: look again after this batch
+
+    def _send(self, batch: List[Any], start: int) -> None:
+        items = batch if self._spool is None else [message for message, _ in batch]
+        outcome = Outcome(failed=len(batch)) if self._spool is None else Outcome(kept=items)
         try:
-            outcome = self._deliver(batch)
+            outcome = self._deliver(items)
         except Exception:  # a bug must not kill the thread or hang flush(); the ERROR log says what is lost
-            log.exception("%d message(s) not delivered: delivering their batch raised", len(batch))
+            if self._spool is None:
+                log.exception("%d message(s) not delivered: delivering their batch raised", len(batch))
+            else:
+                log.exception("%d message(s) not delivered, kept in the spool: delivering them raised", len(batch))
         finally:
+            if self._spool is not None:
+                settle_in_spool(self._spool, batch, outcome)
             with self._cond:
                 del self._in_flight[start]
                 self._record(outcome)
@@ -395,4 +455,29 @@ class Worker:
         )
 
 
-__all__ = ["Outcome", "Stats", "Worker"]
+def settle_in_spool(spool: Spool, batch: List[Tuple[str, int]], outcome: Outcome) -> None:
+    """After delivering ``(message, token)`` pairs: delivered and refused messages leave the spool
+    (refused ones go to its dead letters); messages kept for a later try stay in it."""
+    kept = {id(message) for message in outcome.kept}
+    rejected = {id(message) for message in outcome.rejected}
+    done: List[int] = []
+    later: List[int] = []
+    dead: List[str] = []
+    for message, token in batch:
+        if id(message) in kept:
+            later.append(token)
+        else:
+            done.append(token)
+            if id(message) in rejected:
+                dead.append(message)
+    try:
+        if dead:
+            spool.dead_letter(dead)
+        spool.acknowledge(done)
+        if later:
+            spool.retry_later(later)
+    except Exception:  # the messages stay in the spool: at worst they are sent again, never lost
+        log.exception("the spool could not record what became of %d message(s)", len(batch))
+
+
+__all__ = ["Outcome", "Stats", "Worker", "settle_in_spool"]

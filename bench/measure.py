@@ -6,6 +6,12 @@ The client is built (importing its package), the receiver is reset with
 ``target=calls``, then the calls run back to back on this (the app) thread while
 the client's own threads deliver, then ``flush()``, then the receiver is asked
 when it counted the last message. Peak RSS is this process's VmHWM.
+
+With a client's default queue (no ``max_queue_size`` set) and an answering
+receiver, a client may drop calls and the receiver never reaches the target: then
+the count is taken once it stays put for ``SETTLE_QUIET`` seconds after
+``flush()`` (every client's flush waits for its queue to be delivered, so it is
+final by then), and at most ``SETTLE_LIMIT`` seconds after it.
 """
 
 from __future__ import annotations
@@ -15,10 +21,34 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 from clients import CLIENTS, build
 from rig import LOOPBACK, ReceiverControl, allow_loopback_only, cpu_jiffies, library_fingerprint, memory_kib
+
+SETTLE_QUIET = 1.0
+"""Seconds without a new message at the receiver, after flush(), before a count short of the target is final."""
+SETTLE_LIMIT = 120.0
+"""At most this many seconds after flush() are spent waiting for the count to settle."""
+TARGET_TIMEOUT = 300.0
+"""Seconds to wait, after flush(), for the target when the settings let no client drop."""
+
+
+def settle(
+    control: ReceiverControl, quiet: float = SETTLE_QUIET, limit: float = SETTLE_LIMIT
+) -> Tuple[Dict[str, Any], bool]:
+    """The receiver's counters once the target is reached or the count stayed put for ``quiet`` seconds.
+
+    Returns (counters, settled); settled is False if the count was still moving after ``limit`` seconds.
+    """
+    deadline = time.monotonic() + limit
+    stats = control.stats()
+    while stats["reached_at"] is None and time.monotonic() + quiet <= deadline:
+        later = control.wait(quiet)  # answered at once if the target is reached meanwhile
+        if later["reached_at"] is None and later["messages"] == stats["messages"]:
+            return later, True
+        stats = later
+    return stats, stats["reached_at"] is not None
 
 
 def measure(client: str, port: int, calls: int, delay: float, settings: Dict[str, Any]) -> Dict[str, Any]:
@@ -44,7 +74,12 @@ def measure(client: str, port: int, calls: int, delay: float, settings: Dict[str
     flushed = time.monotonic()
     # With the default queue a client may drop messages and never reach the target: wait for the count to settle.
     may_drop = delay == 0 and settings.get("max_queue_size") is None
-    received = control.settle() if may_drop else control.wait(timeout=300)
+    if may_drop:
+        received, settled = settle(control)
+    else:
+        received = control.wait(timeout=TARGET_TIMEOUT)
+        settled = received["reached_at"] is not None
+    settle_s = time.monotonic() - flushed
     process_cpu = time.process_time() - cpu_started
     jiffies_ended = cpu_jiffies()
     window = time.monotonic() - started
@@ -54,6 +89,7 @@ def measure(client: str, port: int, calls: int, delay: float, settings: Dict[str
     other_cpu = max(0.0, machine_cpu - process_cpu - received["cpu_seconds"])
     reached_at = received["reached_at"]
     end = reached_at if reached_at is not None else received["last_at"] or flushed
+    delivered = received["messages"]
     return {
         "client": client,
         "version": bench.version,
@@ -64,11 +100,16 @@ def measure(client: str, port: int, calls: int, delay: float, settings: Dict[str
         "call_us": (calls_done - started) / calls * 1e6,
         "call_cpu_us": thread_cpu / calls * 1e6,
         "flush_s": flushed - calls_done,
-        "delivered": received["messages"],
+        "settle_s": settle_s,
+        "settled": settled,
+        "delivered": delivered,
+        "delivered_fraction": delivered / calls,
         "complete": reached_at is not None,
         "seconds": end - started,
-        "messages_per_second": received["messages"] / (end - started),
+        "messages_per_second": delivered / (end - started),
+        "process_cpu_s": process_cpu,
         "process_cpu_us_per_message": process_cpu / calls * 1e6,
+        "process_cpu_us_per_delivered": process_cpu / delivered * 1e6 if delivered else None,
         "dropped_by_client": bench.dropped(),
         "requests": received["requests"],
         "receiver_errors": received["errors"],

@@ -1,7 +1,7 @@
 """Benchmark analytics_vitally against segment-analytics-python, rudder-sdk-python and posthog.
 
-    python bench/run.py            # 20,000 calls per run, 3 rounds of everything (4 to 9 minutes)
-    python bench/run.py --quick    # 2,000 calls, 1 run: checks the rig works
+    python bench/run.py            # 20,000 calls per run, 200,000/1,000,000 sustained, 3 rounds: 12-18 min
+    python bench/run.py --quick    # 2,000 calls, 20,000 sustained, 1 round: checks the rig works
 
 One receiver (bench/receiver.py) runs in its own process on 127.0.0.1 for the
 whole benchmark. Every measurement runs in a fresh subprocess (bench/measure.py)
@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from clients import CLIENTS, LABELS
 from rig import (
@@ -50,6 +50,10 @@ QUIET_LOAD = 0.25
 """Before each measurement, wait until other processes use at most this many CPUs..."""
 QUIET_WAIT = 20.0
 """...or until this many seconds passed."""
+SUSTAINED = 200_000
+"""Calls back to back in the sustained scenario (every client, defaults)."""
+MILLION = 1_000_000
+"""Calls back to back in the longest sustained run (ours only)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,10 @@ class Scenario:
     delay: float
     settings: Callable[[str, int], Dict[str, Any]]
     """The client settings for (client, calls)."""
+    count: str = "calls"
+    """Which call count the scenario uses: "calls", "sustained" or "million" (see Results.counts)."""
+    only: Tuple[str, ...] = ()
+    """The clients it runs for (empty: every client)."""
 
 
 def _defaults(client: str, calls: int) -> Dict[str, Any]:
@@ -81,6 +89,9 @@ SCENARIOS = (
     Scenario("loopback", "loopback, queue raised", 0.0, _no_drops),
     Scenario("rtt", f"{RTT * 1000:.0f} ms/request, default threads", RTT, _no_drops),
     Scenario("rtt4", f"{RTT * 1000:.0f} ms/request, thread=4", RTT, _no_drops_four_threads),
+    # A producer that never pauses (a backfill, a batch job) with every client's defaults, far past its queue.
+    Scenario("sustained", "sustained, defaults, loopback", 0.0, _defaults, count="sustained"),
+    Scenario("million", "sustained, defaults, loopback", 0.0, _defaults, count="million", only=("ours",)),
 )
 
 
@@ -88,6 +99,8 @@ SCENARIOS = (
 class Results:
     calls: int
     reps: int
+    counts: Dict[str, int] = field(default_factory=dict)
+    """Calls per run for each Scenario.count ("calls", "sustained", "million"); 0 skips those scenarios."""
     runs: Dict[str, Dict[str, List[Dict[str, Any]]]] = field(default_factory=dict)
     """scenario -> client -> one result per round."""
     ceilings: List[CeilingResult] = field(default_factory=list)
@@ -102,7 +115,8 @@ class Results:
         self.runs.setdefault(scenario, {}).setdefault(client, []).append(result)
 
     def values(self, scenario: str, client: str, key: str) -> List[float]:
-        return [float(run[key]) for run in self.runs.get(scenario, {}).get(client, [])]
+        runs = self.runs.get(scenario, {}).get(client, [])
+        return [float(run[key]) for run in runs if run.get(key) is not None]
 
     def median(self, scenario: str, client: str, key: str) -> Optional[float]:
         values = self.values(scenario, client, key)
@@ -145,8 +159,8 @@ def wait_for_quiet(log: Callable[[str], None]) -> float:
         time.sleep(0.5)
 
 
-def benchmark(calls: int, reps: int, clients: Sequence[str], log: Callable[[str], None]) -> Results:
-    results = Results(calls, reps)
+def benchmark(counts: Dict[str, int], reps: int, clients: Sequence[str], log: Callable[[str], None]) -> Results:
+    results = Results(counts["calls"], reps, dict(counts))
     snapshot = Path(tempfile.mkdtemp(prefix="bench-library-"))
     results.library = library_fingerprint(snapshot_library(snapshot))
     receiver, port = start_receiver()
@@ -158,21 +172,27 @@ def benchmark(calls: int, reps: int, clients: Sequence[str], log: Callable[[str]
             rig_ceiling(control, results)
             order = list(clients[rep % len(clients) :]) + list(clients[: rep % len(clients)])
             for scenario in SCENARIOS:
+                calls = counts[scenario.count]
+                if not calls:
+                    continue
                 for client in order:
+                    if scenario.only and client not in scenario.only:
+                        continue
                     wait_for_quiet(log)
                     started = time.monotonic()
                     try:
                         result = run_measurement(port, client, calls, scenario, snapshot)
                     except (RuntimeError, subprocess.TimeoutExpired) as error:
                         results.failures.append(f"round {rep + 1} {scenario.name} {client}: {error}")
-                        log(f"  {scenario.name:<8} {client:<8} FAILED: {error}")
+                        log(f"  {scenario.name:<9} {client:<8} FAILED: {error}")
                         continue
                     results.add(scenario.name, client, result)
                     if scenario.name == "loopback":
                         largest[client] = control.largest_request()
                     log(
-                        f"  {scenario.name:<8} {client:<8} {result['call_us']:7.2f} µs/call "
-                        f"{result['messages_per_second']:9,.0f} msg/s  {result['delivered']:>6}/{calls} delivered  "
+                        f"  {scenario.name:<9} {client:<8} {result['call_us']:7.2f} µs/call "
+                        f"{result['messages_per_second']:9,.0f} msg/s  {result['delivered']:>7}/{calls} delivered  "
+                        f"{_number(result.get('process_cpu_us_per_delivered'), 1):>6} µs CPU/delivered  "
                         f"peak {result['peak_rss_kib'] / 1024:5.1f} MiB  ({time.monotonic() - started:.1f}s)"
                     )
         log("replaying each client's own largest request (receiver ceiling per payload shape)")
@@ -216,9 +236,92 @@ def _head() -> str:
     return done.stdout.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "")
 
 
+@dataclass(frozen=True)
+class Target:
+    """One of issue 10's targets: ours against Segment (defaults, same receiver, same run)."""
+
+    label: str
+    wanted: str
+    measured: Optional[str]
+    """The measured ratio (or fraction), None when a run is missing."""
+    met: Optional[bool]
+
+
+def _ratio_target(
+    results: Results, label: str, scenario: str, key: str, wanted: str, met: Callable[[float], bool], peer: str = ""
+) -> Target:
+    """Ours in ``scenario`` against Segment in ``peer`` (default: the same scenario), medians."""
+    ours = results.median(scenario, OURS, key)
+    segment = results.median(peer or scenario, SEGMENT, key)
+    if ours is None or not segment:
+        return Target(label, wanted, None, None)
+    ratio = ours / segment
+    return Target(label, wanted, f"{ratio:.2f}x", met(ratio))
+
+
+def _delivery_target(results: Results, label: str, scenario: str) -> Target:
+    """At least 99.9% delivered and nothing dropped by ours, in every round of ``scenario``."""
+    wanted = ">=99.9%, 0 dropped"
+    runs = results.runs.get(scenario, {}).get(OURS, [])
+    if not runs:
+        return Target(label, wanted, None, None)
+    worst = min(float(run["delivered_fraction"]) for run in runs)
+    dropped = max(int(run["dropped_by_client"]) for run in runs)
+    settled = all(run.get("settled", True) for run in runs)
+    measured = f"{worst:.2%}, {dropped} dropped" + ("" if len(runs) == 1 else " (worst round)")
+    return Target(label, wanted, measured, worst >= 0.999 and dropped == 0 and settled)
+
+
+def targets(results: Results) -> List[Target]:
+    """Issue 10's targets: the sustained scenario's, and that nothing else regressed."""
+    sustained = results.counts.get("sustained", 0)
+    million = results.counts.get("million", 0)
+    found = [
+        _ratio_target(results, "call cost, defaults", "call", "call_us", "<=0.25x", lambda r: r <= 0.25),
+        _ratio_target(
+            results, "loopback throughput, queue raised", "loopback", "messages_per_second", ">=3x", lambda r: r >= 3
+        ),
+        _ratio_target(results, "peak RSS, defaults", "call", "peak_rss_kib", "<=0.8x", lambda r: r <= 0.8),
+        _ratio_target(
+            results,
+            f"{RTT * 1000:.0f} ms rtt, thread=4 vs Segment default",
+            "rtt4",
+            "messages_per_second",
+            ">=3.8x",
+            lambda r: r >= 3.8,
+            peer="rtt",
+        ),
+    ]
+    if sustained:
+        found += [
+            _delivery_target(results, f"{sustained:,} calls: delivered (ours)", "sustained"),
+            _ratio_target(
+                results,
+                f"{sustained:,} calls: delivered/s",
+                "sustained",
+                "messages_per_second",
+                ">=4x",
+                lambda r: r >= 4,
+            ),
+            _ratio_target(
+                results,
+                f"{sustained:,} calls: CPU per delivered msg",
+                "sustained",
+                "process_cpu_us_per_delivered",
+                "<=0.2x",
+                lambda r: r <= 0.2,
+            ),
+        ]
+    if million:
+        found.append(_delivery_target(results, f"{million:,} calls: delivered (ours)", "million"))
+    return found
+
+
 def report(results: Results, clients: Sequence[str]) -> str:
     median = results.median
     calls = results.calls
+    sustained = results.counts.get("sustained", 0)
+    million = results.counts.get("million", 0)
     lines: List[str] = []
     out = lines.append
     ceiling = statistics.median(c.messages_per_second for c in results.ceilings) if results.ceilings else None
@@ -228,10 +331,12 @@ def report(results: Results, clients: Sequence[str]) -> str:
         for client in clients
         if results.runs.get("call", {}).get(client)
     }
-    out(
-        f"{calls:,} track() calls per run; medians of {results.reps} round(s); clients alternate within a round; "
-        f"each run in a fresh process."
-    )
+    sizes = f"{calls:,} track() calls per run"
+    if sustained:
+        sizes += f", {sustained:,} in the sustained scenario"
+    if million:
+        sizes += f" ({million:,} for ours)"
+    out(f"{sizes}; medians of {results.reps} round(s); clients alternate within a round; each run in a fresh process.")
     out(
         f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs. "
         + ", ".join(f"{LABELS[client]} {version}" for client, version in versions.items())
@@ -259,7 +364,7 @@ def report(results: Results, clients: Sequence[str]) -> str:
     width = 13
     out("Columns: " + ", ".join(f"{SHORT[c]} = {LABELS[c]}" for c in clients) + ".")
     out("")
-    head = f"{'':44}" + "".join(f"{SHORT[c]:>{width}}" for c in clients)
+    head = f"{'':48}" + "".join(f"{SHORT[c]:>{width}}" for c in clients)
     out(head)
     out("-" * len(head))
 
@@ -268,14 +373,21 @@ def report(results: Results, clients: Sequence[str]) -> str:
         for client in clients:
             value = median(scenario, client, key)
             cells.append(_number(None if value is None else value * scale, digits))
-        out(f"{label:44}" + "".join(f"{cell:>{width}}" for cell in cells))
+        out(f"{label:48}" + "".join(f"{cell:>{width}}" for cell in cells))
 
-    def fraction_row(label: str, scenario: str) -> None:
+    def fraction_row(label: str, scenario: str, key: str, of: float = 1.0, digits: int = 2) -> None:
         cells = []
         for client in clients:
-            value = median(scenario, client, "messages_per_second")
-            cells.append("-" if value is None or not ceiling else f"{value / ceiling:.1%}")
-        out(f"{label:44}" + "".join(f"{cell:>{width}}" for cell in cells))
+            value = median(scenario, client, key)
+            cells.append("-" if value is None else f"{value / of:.{digits}%}")
+        out(f"{label:48}" + "".join(f"{cell:>{width}}" for cell in cells))
+
+    def dropped_row(label: str, scenario: str) -> None:
+        cells = []
+        for client in clients:
+            value = median(scenario, client, "dropped_by_client")
+            cells.append("-" if value is None or value < 0 else f"{value:,.0f}")
+        out(f"{label:48}" + "".join(f"{cell:>{width}}" for cell in cells))
 
     out("1. app-thread cost per call, delivery running")
     row("   defaults: µs per call (wall)", "call", "call_us", 2)
@@ -284,7 +396,8 @@ def report(results: Results, clients: Sequence[str]) -> str:
     row("   queue raised: µs per call (wall)", "loopback", "call_us", 2)
     out("2. loopback throughput, first call to last counted")
     row("   msg/s (queue raised)", "loopback", "messages_per_second")
-    fraction_row("   fraction of rig ceiling", "loopback")
+    if ceiling:
+        fraction_row("   fraction of rig ceiling", "loopback", "messages_per_second", ceiling, 1)
     row("   client CPU per message (µs, all threads)", "loopback", "process_cpu_us_per_message", 1)
     out(f"3. throughput, {RTT * 1000:.0f} ms per request")
     row("   msg/s, default threads (1)", "rtt", "messages_per_second")
@@ -293,76 +406,61 @@ def report(results: Results, clients: Sequence[str]) -> str:
     row("   peak RSS, MiB (VmHWM)", "call", "peak_rss_kib", 1, 1 / 1024)
     row("   RSS after import + construction, MiB", "call", "rss_built_kib", 1, 1 / 1024)
     row("   peak RSS, queue raised, MiB", "loopback", "peak_rss_kib", 1, 1 / 1024)
+
+    def sustained_rows(scenario: str, count: int) -> None:
+        row(f"   delivered of {count:,}", scenario, "delivered")
+        fraction_row("   delivered, % of calls", scenario, "delivered_fraction")
+        dropped_row("   dropped, client's own count", scenario)
+        row("   delivered msg/s, first call to last counted", scenario, "messages_per_second")
+        row("   process CPU per delivered message (µs)", scenario, "process_cpu_us_per_delivered", 1)
+        row("   process CPU per call (µs)", scenario, "process_cpu_us_per_message", 1)
+        row("   µs per call (wall)", scenario, "call_us", 2)
+        row("   peak RSS, MiB (VmHWM)", scenario, "peak_rss_kib", 1, 1 / 1024)
+
+    if sustained:
+        out(f"5. sustained: {sustained:,} calls back to back, defaults, loopback")
+        sustained_rows("sustained", sustained)
+    if million and results.runs.get("million"):
+        out(f"6. sustained: {million:,} calls back to back, defaults, loopback (ours only)")
+        sustained_rows("million", million)
     out("")
 
     peers = [client for client in clients if client != OURS]
     if OURS in clients and peers:
-        out(f"{'ours ÷ peer':44}" + "".join(f"{SHORT[c]:>{width}}" for c in peers) + f"{'target vs Segment':>20}")
-        out("-" * (44 + width * len(peers) + 20))
+        out(f"{'ours ÷ peer':48}" + "".join(f"{SHORT[c]:>{width}}" for c in peers))
+        out("-" * (48 + width * len(peers)))
 
-        def ratio_row(
-            label: str,
-            ours: Optional[float],
-            peer_value: Callable[[str], Optional[float]],
-            target: str,
-            met: Optional[Callable[[float], bool]],
-        ) -> None:
-            cells = [_ratio(ours, peer_value(peer)) for peer in peers]
-            verdict = ""
-            segment = peer_value(SEGMENT) if SEGMENT in peers else None
-            if met is not None and ours is not None and segment:
-                verdict = f"{target} {'met' if met(ours / segment) else 'MISSED'}"
-            out(f"{label:44}" + "".join(f"{cell:>{width}}" for cell in cells) + f"{verdict:>20}")
+        def ratio_row(label: str, scenario: str, key: str, peer_scenario: str = "") -> None:
+            ours = median(scenario, OURS, key)
+            cells = [_ratio(ours, median(peer_scenario or scenario, peer, key)) for peer in peers]
+            out(f"{label:48}" + "".join(f"{cell:>{width}}" for cell in cells))
 
-        ratio_row(
-            "call cost, defaults (lower is better)",
-            median("call", OURS, "call_us"),
-            lambda p: median("call", p, "call_us"),
-            "<=0.25x",
-            lambda r: r <= 0.25,
-        )
-        ratio_row(
-            "call cost, queue raised",
-            median("loopback", OURS, "call_us"),
-            lambda p: median("loopback", p, "call_us"),
-            "",
-            None,
-        )
-        ratio_row(
-            "loopback throughput",
-            median("loopback", OURS, "messages_per_second"),
-            lambda p: median("loopback", p, "messages_per_second"),
-            ">=3x",
-            lambda r: r >= 3,
-        )
-        ratio_row(
-            "50 ms, default threads vs peer default",
-            median("rtt", OURS, "messages_per_second"),
-            lambda p: median("rtt", p, "messages_per_second"),
-            "",
-            None,
-        )
-        ratio_row(
-            "50 ms, thread=4 vs peer default",
-            median("rtt4", OURS, "messages_per_second"),
-            lambda p: median("rtt", p, "messages_per_second"),
-            ">=3.8x",
-            lambda r: r >= 3.8,
-        )
-        ratio_row(
-            "50 ms, thread=4 vs peer thread=4",
-            median("rtt4", OURS, "messages_per_second"),
-            lambda p: median("rtt4", p, "messages_per_second"),
-            "",
-            None,
-        )
-        ratio_row(
-            "peak RSS, defaults (lower is better)",
-            median("call", OURS, "peak_rss_kib"),
-            lambda p: median("call", p, "peak_rss_kib"),
-            "<=0.8x",
-            lambda r: r <= 0.8,
-        )
+        ratio_row("call cost, defaults (lower is better)", "call", "call_us")
+        ratio_row("call cost, queue raised", "loopback", "call_us")
+        ratio_row("loopback throughput", "loopback", "messages_per_second")
+        ratio_row(f"{RTT * 1000:.0f} ms, default threads vs peer default", "rtt", "messages_per_second")
+        ratio_row(f"{RTT * 1000:.0f} ms, thread=4 vs peer default", "rtt4", "messages_per_second", "rtt")
+        ratio_row(f"{RTT * 1000:.0f} ms, thread=4 vs peer thread=4", "rtt4", "messages_per_second")
+        ratio_row("peak RSS, defaults (lower is better)", "call", "peak_rss_kib")
+        if sustained:
+            ratio_row(f"{sustained:,} calls: delivered", "sustained", "delivered")
+            ratio_row(f"{sustained:,} calls: delivered msg/s", "sustained", "messages_per_second")
+            ratio_row(f"{sustained:,} calls: CPU/delivered (lower better)", "sustained", "process_cpu_us_per_delivered")
+        out("")
+
+    if OURS in clients and SEGMENT in clients:
+        found = targets(results)
+        head = f"{'Targets (issue 10): ours vs Segment':48}{'target':>20}{'measured':>30}{'met':>6}"
+        out(head)
+        out("-" * len(head))
+        for target in found:
+            verdict = "-" if target.met is None else ("yes" if target.met else "NO")
+            out(f"{target.label:48}{target.wanted:>20}{target.measured or 'not measured':>30}{verdict:>6}")
+        measured = [target for target in found if target.met is not None]
+        met = sum(1 for target in measured if target.met)
+        out(f"{met} of {len(measured)} measured targets met; ratios are medians over the rounds.")
+        if sustained and sustained != SUSTAINED:
+            out(f"(The issue's sustained targets are set at {SUSTAINED:,} and {MILLION:,} calls.)")
         out("")
 
     out("Settings: scenario 1 and memory use every client's defaults (max_queue_size=10,000 for the peers and")
@@ -372,20 +470,29 @@ def report(results: Results, clients: Sequence[str]) -> str:
     )
     out("  thread=4 is the `thread` argument of all four (Segment/Rudder: consumer threads; PostHog: consumers).")
     out("  Rudder gzips by default (kept); PostHog's flush_interval is 5 s by default (kept); nobody else gzips.")
+    if sustained:
+        out("  Sustained: every client's defaults, calls back to back far past the queue; process CPU (all threads,")
+        out("  getrusage via process_time) from the first call to the settled count, divided by messages counted.")
     out("")
-    out("Runs, every round: msg/s | µs/call | delivered | requests | receiver CPU | other processes' CPU (cores)")
+    out(
+        "Runs, every round: msg/s | µs/call | delivered | requests | receiver CPU | other processes' CPU (cores) "
+        "| CPU µs/delivered"
+    )
     for scenario in SCENARIOS:
         for client in clients:
             runs = results.runs.get(scenario.name, {}).get(client, [])
+            if not runs:
+                continue
             cells = "  ".join(
                 f"{run['messages_per_second']:,.0f}|{run['call_us']:.1f}|{run['delivered']}|{run['requests']}|"
-                f"{run['receiver_cpu']:.0%}|{run['other_load']:.2f}"
+                f"{run['receiver_cpu']:.0%}|{run['other_load']:.2f}|"
+                f"{_number(run.get('process_cpu_us_per_delivered'), 1)}"
                 for run in runs
             )
-            out(f"  {scenario.name:<9}{client:<9}{cells}")
+            out(f"  {scenario.name:<10}{client:<9}{cells}")
     ceilings = "  ".join(f"{c.messages_per_second:,.0f} (receiver CPU {c.receiver_cpu:.0%})" for c in results.ceilings)
-    out(f"  ceiling  1 conn   {ceilings}")
-    out("  ceiling  8 deep   " + "  ".join(f"{c.messages_per_second:,.0f}" for c in results.pipelined))
+    out(f"  ceiling   1 conn   {ceilings}")
+    out("  ceiling   8 deep   " + "  ".join(f"{c.messages_per_second:,.0f}" for c in results.pipelined))
     if results.replay:
         out(
             "Receiver ceiling replaying each client's own largest request (1 connection): "
@@ -398,6 +505,15 @@ def report(results: Results, clients: Sequence[str]) -> str:
         for client in clients
     }
     out("Paths posted: " + ", ".join(f"{LABELS[client]} {' '.join(p)}" for client, p in paths.items()))
+    unsettled = [
+        f"{scenario} {client} round {index + 1}"
+        for scenario, by_client in results.runs.items()
+        for client, runs in by_client.items()
+        for index, run in enumerate(runs)
+        if not run.get("settled", True)
+    ]
+    if unsettled:
+        out("WARNING: the count was still moving when the measurement stopped waiting: " + ", ".join(unsettled))
     if results.failures:
         out("FAILURES:")
         lines.extend(f"  {failure}" for failure in results.failures)
@@ -406,13 +522,34 @@ def report(results: Results, clients: Sequence[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2,000 calls and 1 round: a smoke test of the rig")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="2,000 calls, 20,000 sustained, no 1,000,000-call run and 1 round: a smoke test of the rig",
+    )
     parser.add_argument("--calls", type=int, help="track() calls per run (default 20,000)")
+    parser.add_argument(
+        "--sustained",
+        type=int,
+        metavar="N",
+        help=f"calls in the sustained scenario, every client, defaults (default {SUSTAINED:,}; --quick 20,000; "
+        "0 skips it)",
+    )
+    parser.add_argument(
+        "--million",
+        action=argparse.BooleanOptionalAction,
+        help=f"run the {MILLION:,}-call sustained run for ours (default: yes; with --quick: no)",
+    )
     parser.add_argument("--reps", type=int, help="rounds; each client runs each scenario once a round (default 3)")
     parser.add_argument("--clients", default=",".join(CLIENTS), help=f"comma-separated subset of {','.join(CLIENTS)}")
     parser.add_argument("--json", metavar="PATH", help="also write every raw result to PATH")
     args = parser.parse_args()
     calls = args.calls or (2_000 if args.quick else 20_000)
+    sustained = args.sustained if args.sustained is not None else (20_000 if args.quick else SUSTAINED)
+    million = args.million if args.million is not None else not args.quick
+    if calls < 1 or sustained < 0:
+        parser.error("--calls must be positive and --sustained at least 0")
+    counts = {"calls": calls, "sustained": sustained, "million": MILLION if million else 0}
     reps = args.reps or (1 if args.quick else 3)
     clients = [name for name in args.clients.split(",") if name]
     unknown = set(clients) - set(CLIENTS)
@@ -423,7 +560,7 @@ def main() -> None:
         print(message, file=sys.stderr, flush=True)
 
     started = time.monotonic()
-    results = benchmark(calls, reps, clients, log)
+    results = benchmark(counts, reps, clients, log)
     log(f"done in {time.monotonic() - started:.0f}s\n")
     print(report(results, clients))
     if args.json:
@@ -431,6 +568,7 @@ def main() -> None:
             json.dump(
                 {
                     "calls": results.calls,
+                    "counts": results.counts,
                     "reps": results.reps,
                     "runs": results.runs,
                     "ceilings": [asdict(c) for c in results.ceilings],

@@ -1,0 +1,990 @@
+"""An on-disk spool: accepted messages survive the death of the process.
+
+    spool = Spool("/var/spool/vitally")
+    token = spool.append(data)          # the caller's thread: a memory copy, no system call
+    ...                                 # a worker thread delivers data, then:
+    spool.acknowledge([token])          # its space is reclaimed once its whole file is done
+    for token, data in spool.recover(1000):   # what dead processes left, and retry_later() records
+        ...
+
+The format. Each process writes its own segment files, ``<pid>-<nonce>-<seq>.seg``: a 64-byte
+file header, then records, each a 12-byte header (mark, state, length, CRC-32 of the data) and
+the data. A segment is allocated in full when it is made (zeros written, or ``posix_fallocate``),
+so a full disk fails the making of a file (append returns None), never a write into the map
+(which would be SIGBUS), and mapped ``MAP_SHARED``: an append is a memory copy into the page
+cache. Once ``append`` returns, the record is the kernel's: it survives SIGKILL, OOM kills and
+crashes of the process (not a power cut, unless ``fsync=True``). ``acknowledge`` flips the
+record's state byte (also a memory copy), so a process that adopts the file later skips what
+was delivered; a file whose records are all acknowledged is deleted once it is full.
+
+Ownership. A process holds an exclusive ``flock`` on each of its files for as long as it has
+them open; the kernel drops it when the process dies, however it dies. ``recover`` takes
+(``LOCK_NB``) the files whose lock is free, so each dead process's file is adopted by exactly
+one live process, whatever PIDs have been reused. Locks are never released with ``LOCK_UN``,
+only by closing every descriptor: a flock belongs to the open file description, which a
+forked child shares, so an unlock in the child would unlock the parent's file. After
+``os.fork()`` the child (``reset_after_fork``, run by an at-fork hook) closes its copies of the
+parent's descriptors and maps, which leaves the parent's locks in place, and writes files of
+its own.
+
+Torn records (the process killed in the middle of a copy, a damaged disk) fail the length or
+checksum test; reading skips to the next valid record header and logs what it skipped.
+
+Needs ``fcntl.flock`` and ``mmap``: Linux and macOS (and other Unixes). On Windows ``Spool()``
+and ``inspect()`` raise ``ConfigurationError``. The directory must be on a local file system:
+flock over NFS is emulated with POSIX locks, which closing any descriptor of the file drops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import heapq
+import itertools
+import json
+import logging
+import mmap
+import os
+import struct
+import sys
+import threading
+import time
+import weakref
+import zlib
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
+
+from .errors import ConfigurationError
+
+if sys.platform != "win32":
+    import fcntl
+
+log = logging.getLogger("analytics_vitally")
+
+DEFAULT_MAX_BYTES = 100_000_000
+"""The default bound on the apparent size of one process's spool files."""
+SEGMENT_BYTES = 1 << 20
+"""The size of a segment file (1 MiB), unless ``max_bytes`` is small or a record needs more."""
+MIN_MAX_BYTES = 1 << 16
+RETRY_DELAY = 30.0
+"""Seconds before a record handed back with ``retry_later()`` is offered again by ``recover()``."""
+SCAN_INTERVAL = 5.0
+"""Seconds between two looks for files of dead processes (the first ``recover()`` looks at once)."""
+DEAD_LETTER = "dead-letter.jsonl"
+"""Messages Vitally rejected for good, one per line: ``analytics-vitally import`` reads this file."""
+SUFFIX = ".seg"
+
+Token = int
+"""Names one record of one ``Spool``: ``(file key << 32) | offset``. Meaningless to other processes."""
+
+_FILE_MAGIC = b"VTLYSPL1"
+_FILE_HEADER = struct.Struct("<8sIId")  # magic, writer pid, segment number, creation time (Unix)
+_RECORDS_START = 64
+_RECORD = struct.Struct("<2sBBII")  # mark, state, unused, length of the data, CRC-32 of the data
+_HEADER = _RECORD.size
+_MARK = b"\xf5\xa9"  # bytes no JSON text (ASCII) contains, so a search for the next record finds headers only
+_PENDING = 0x50
+_DONE = 0x44
+_OFFSET = (1 << 32) - 1
+_STALE_TEMPORARY = 60.0
+_LOG_INTERVAL = 10.0
+_MAKE_RETRY = 1.0
+_ZEROS = bytes(1 << 18)
+_pack_header = _RECORD.pack_into
+_crc32 = zlib.crc32
+
+
+class Spool:
+    """The records one process has accepted and not yet seen delivered, in files in ``directory``.
+
+    ``append`` runs on the caller's thread; ``acknowledge``, ``retry_later``, ``recover`` and
+    ``dead_letter`` on worker threads. ``max_bytes`` bounds the apparent size of the files this
+    process writes (a segment counts in full from when it is made); beyond it ``append`` returns
+    None. Files adopted from dead processes do not count: they only shrink.
+
+    How the threads agree (CPython, with the GIL):
+
+    - ``_lock`` guards the write position: the active segment, ``_end``, the spare segment,
+      ``_bytes_made`` and ``_closed``. ``_ack_lock`` guards the registry (``_segments``,
+      ``_sealed``), every segment's ``acked``, ``_acks``, ``_bytes_freed`` and ``_retry``. When both are
+      needed, ``_lock`` is taken first.
+    - A segment's ``records`` is written only by its writer (own segments: ``append`` under
+      ``_lock``; adopted ones: ``recover`` under ``_ack_lock``), and always before the tokens it
+      counts are handed out, so ``acked`` never passes it. ``sealed`` is set after the last
+      ``records`` increment: whoever sees ``sealed and acked >= records`` may delete the file.
+    - ``append`` writes bytes past ``_end`` of the active map; ``acknowledge`` writes the state
+      byte of records before it. Each slice assignment holds the GIL, and the two never touch
+      the same byte.
+    - The space in use is ``_bytes_made - _bytes_freed``: two counters, each written under its
+      own lock, so neither thread does a read-modify-write of the other's field.
+    - ``_lock`` is re-entrant, and ``_busy`` marks an append in progress: a signal handler (or a
+      log handler) that appends while this thread is inside ``append`` gets None at once,
+      instead of a deadlock or two records at one offset. ``_ack_lock`` is not re-entrant:
+      call ``acknowledge``, ``retry_later`` and ``recover`` on worker threads (Python runs
+      signal handlers on the main thread only), or from a main thread whose handlers do not append.
+    """
+
+    _active: Optional[_Segment]
+    """Where ``append`` writes, at ``_end``."""
+    _spare: Optional[_Segment]
+    """The next segment, made ahead of need by a worker thread."""
+
+    def __init__(
+        self,
+        directory: Union[str, os.PathLike[str]],
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        fsync: bool = False,
+        *,
+        segment_bytes: Optional[int] = None,
+        retry_delay: float = RETRY_DELAY,
+        scan_interval: float = SCAN_INTERVAL,
+    ) -> None:
+        _require_flock()
+        if max_bytes < MIN_MAX_BYTES:
+            raise ValueError(f"max_bytes must be at least {MIN_MAX_BYTES:,}, not {max_bytes:,}")
+        if segment_bytes is None:
+            segment_bytes = min(SEGMENT_BYTES, max_bytes // 4)
+        segment_bytes = max(mmap.PAGESIZE, -(-segment_bytes // mmap.PAGESIZE) * mmap.PAGESIZE)
+        if segment_bytes * 2 > max_bytes:
+            raise ValueError(f"segment_bytes ({segment_bytes:,}) must be at most half of max_bytes ({max_bytes:,})")
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.max_bytes = max_bytes
+        self.fsync = fsync
+        self.segment_bytes = segment_bytes
+        self._retry_delay = retry_delay
+        self._scan_interval = scan_interval
+        self._keys = itertools.count(1)  # never reset: a token from before a fork names no segment after it
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        except OSError as error:
+            raise ConfigurationError("spool", f"directory {self.directory!r} cannot be made: {error}") from None
+        self._start()
+        try:
+            first = self._make(self.segment_bytes, prefill=True)
+        except OSError as error:
+            raise ConfigurationError("spool", f"directory {self.directory!r} cannot be written: {error}") from None
+        self._active = first
+        self._bytes_made += self.segment_bytes
+        _spools.add(self)
+
+    def _start(self) -> None:
+        """A fresh state: no files (they are made on demand), new locks, a new writer name."""
+        self._pid = os.getpid()
+        self._writer = f"{self._pid}-{os.urandom(4).hex()}"
+        self._sequence = itertools.count(1)
+        self._lock = threading.RLock()
+        self._ack_lock = threading.Lock()
+        self._recover_lock = threading.Lock()
+        self._busy = False
+        self._closed = False
+        self._active = None
+        self._end = _RECORDS_START
+        self._spare = None
+        self._preparing = False
+        self._bytes_made = 0
+        self._bytes_freed = 0
+        self._make_failed_at = -_MAKE_RETRY
+        self._refused = 0
+        self._refused_logged_at = -_LOG_INTERVAL
+        self._refusal = ""
+        self._full = (
+            f"the spool is full (max_bytes={self.max_bytes:,}): Vitally is slow or unreachable, "
+            "or messages are made faster than they can be sent"
+        )
+        self._acks = 0
+        self._acks_seen = 0
+        self._segments: Dict[int, _Segment] = {}
+        self._sealed: List[_Segment] = []
+        self._retry: List[Tuple[float, Token]] = []  # a heap: the record due first on top
+        self._adopting: List[str] = []
+        self._scanned_at: Optional[float] = None
+
+    def __repr__(self) -> str:
+        return f"<analytics_vitally.Spool {self.directory!r}>"
+
+    # The caller's side. --------------------------------------------------------------
+
+    def append(self, data: bytes) -> Optional[Token]:
+        """Write one record; its token, or None if it was refused (spool full, closed, disk error).
+
+        Never raises. Once it returns a token the record survives the death of the process
+        (and a power cut with ``fsync=True``).
+        """
+        size = _HEADER + len(data)
+        with self._lock:
+            if self._busy:  # re-entered by a signal handler on this thread: see the class docstring
+                return None
+            self._busy = True
+            try:
+                segment = self._active
+                start = self._end
+                if segment is None or start + size > segment.size:
+                    segment = self._rotate(size)
+                    start = self._end
+                if segment is not None:
+                    end = start + size
+                    self._end = end
+                    memory = segment.map
+                    _pack_header(memory, start, _MARK, _PENDING, 0, size - _HEADER, _crc32(data))
+                    memory[start + _HEADER : end] = data
+                    segment.records += 1
+                else:
+                    self._refused += 1
+            finally:
+                self._busy = False
+        if segment is None:
+            self._log_refusal()
+            return None
+        if self.fsync:
+            self._make_durable(segment, start, end)
+        return segment.base | start
+
+    def _rotate(self, size: int) -> Optional[_Segment]:
+        """A fresh active segment with room for a record of ``size`` bytes; None if refused (``_lock`` held).
+
+        Takes the spare that a worker thread made ahead of time, or makes one here.
+        """
+        if self._closed:
+            self._refusal = "the spool is closed (the process is exiting)"
+            return None
+        old = self._active
+        if old is not None:
+            self._seal(old)
+            self._active = None
+        needed = _RECORDS_START + size
+        spare = self._spare
+        if spare is not None and needed <= spare.size:
+            self._spare = None
+            new = spare
+        else:
+            length = self.segment_bytes if needed <= self.segment_bytes else _page_multiple(needed)
+            if length > self._room():
+                if old is not None or self._acks != self._acks_seen:  # else nothing can have become free
+                    self._acks_seen = self._acks
+                    self._reclaim()
+                if length > self._room():
+                    self._refusal = self._full
+                    return None
+            if time.monotonic() - self._make_failed_at < _MAKE_RETRY:
+                return None  # _refusal still says why the last try failed
+            try:
+                new = self._make(length, prefill=False)
+            except OSError as error:
+                self._make_failed_at = time.monotonic()
+                self._refusal = f"a spool file could not be made: {error}"
+                return None
+            self._bytes_made += length
+        self._active = new
+        self._end = _RECORDS_START
+        return new
+
+    def _room(self) -> int:
+        return self.max_bytes - (self._bytes_made - self._bytes_freed)
+
+    def _log_refusal(self) -> None:
+        now = time.monotonic()
+        if now - self._refused_logged_at < _LOG_INTERVAL:
+            return
+        count, self._refused, self._refused_logged_at = self._refused, 0, now
+        log.warning("spool %s refused %d message(s): %s", self.directory, count, self._refusal)
+
+    def _make_durable(self, segment: _Segment, start: int, end: int) -> None:
+        try:
+            _sync_range(segment, start, end)
+        except (OSError, ValueError) as error:  # ValueError: the map was closed (fork, exit) meanwhile
+            log.error("spool %s: a record could not be synced to disk (fsync): %s", self.directory, error)
+
+    # The worker's side. --------------------------------------------------------------
+
+    def acknowledge(self, tokens: Iterable[Token]) -> None:
+        """Mark records delivered (or dead-lettered), in any order; delete files that are all done."""
+        with self._ack_lock:
+            segments = self._segments
+            for token in tokens:
+                segment = segments.get(token >> 32)
+                if segment is None:
+                    continue  # already deleted, or a token from before a fork
+                state = (token & _OFFSET) + 2
+                memory = segment.map
+                if memory[state] != _DONE:
+                    memory[state] = _DONE
+                    segment.acked += 1
+                    self._acks += 1
+            self._reclaim_locked()
+        self._prepare_spare()
+
+    def retry_later(self, tokens: Iterable[Token], delay: Optional[float] = None) -> None:
+        """Records whose delivery failed in a way that may pass: ``recover()`` offers them again
+        ``delay`` seconds from now (default ``retry_delay``; 0 also suits a record that was
+        spooled but found no room in a full queue)."""
+        due = time.monotonic() + (self._retry_delay if delay is None else delay)
+        with self._ack_lock:
+            for token in tokens:
+                heapq.heappush(self._retry, (due, token))
+
+    def recover(self, limit: int = 1000) -> List[Tuple[Token, bytes]]:
+        """Up to ``limit`` records to deliver that no queue holds: ``(token, data)``.
+
+        First records handed back with ``retry_later()`` whose delay has passed, then the
+        records of files left by dead processes, which this process adopts (locks) one file
+        at a time, in the order they were last written. Acknowledge each token once its
+        record is delivered; the adopted file is deleted when all of its records are.
+        """
+        found: List[Tuple[Token, bytes]] = []
+        now = time.monotonic()
+        with self._ack_lock:
+            retry = self._retry
+            while retry and len(found) < limit and retry[0][0] <= now:
+                _, token = heapq.heappop(retry)
+                segment = self._segments.get(token >> 32)
+                if segment is not None:
+                    record = segment.record(token & _OFFSET)
+                    if record is not None:
+                        found.append((token, record))
+        if len(found) < limit:
+            with self._recover_lock:
+                found.extend(self._read_adopted(limit - len(found)))
+        self._prepare_spare()
+        return found
+
+    def dead_letter(self, messages: Iterable[Union[bytes, str]]) -> int:
+        """Append messages Vitally rejected for good to ``dead-letter.jsonl``, one per line.
+
+        The lines are the importer's input, so ``analytics-vitally import`` resends them after
+        a fix. The file may grow up to ``max_bytes``; past that, messages are not written (and
+        the log says so). Returns how many were written. Acknowledge their tokens afterwards.
+        """
+        lines = [
+            (message.encode() if isinstance(message, str) else message).rstrip(b"\n") + b"\n" for message in messages
+        ]
+        if not lines:
+            return 0
+        data = b"".join(lines)
+        path = os.path.join(self.directory, DEAD_LETTER)
+        try:
+            handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX)  # processes append whole lines, one at a time
+                if os.fstat(handle).st_size + len(data) > self.max_bytes:
+                    log.error(
+                        "%d message(s) rejected by Vitally not written to %s: it is larger than max_bytes=%d",
+                        len(lines),
+                        path,
+                        self.max_bytes,
+                    )
+                    return 0
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(handle, view) :]
+                if self.fsync:
+                    os.fsync(handle)
+            finally:
+                os.close(handle)
+        except OSError as error:
+            log.error("%d message(s) rejected by Vitally not written to %s: %s", len(lines), path, error)
+            return 0
+        log.warning(
+            "%d message(s) rejected by Vitally written to %s: resend them with `analytics-vitally import %s` "
+            "after fixing them",
+            len(lines),
+            path,
+            path,
+        )
+        return len(lines)
+
+    @property
+    def pending(self) -> int:
+        """Records written or adopted by this process and not acknowledged yet."""
+        with self._ack_lock:
+            return sum(segment.records - segment.acked for segment in self._segments.values())
+
+    @property
+    def disk_bytes(self) -> int:
+        """The apparent size of the files this process made and has not deleted (what ``max_bytes`` bounds)."""
+        return self._bytes_made - self._bytes_freed
+
+    # Lifecycle. -----------------------------------------------------------------------
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: forget the parent's files (they stay locked by it); new files on demand.
+
+        Run by an at-fork hook for every open spool; calling it again, or in the parent, does nothing.
+        """
+        if self._pid == os.getpid():
+            return
+        inherited = list(self._segments.values())  # every file made or adopted, the spare included
+        self._start()
+        for segment in inherited:
+            segment.close()  # our copies only, never LOCK_UN: the lock belongs to the parent too
+
+    def close(self) -> int:
+        """Stop writing and let other processes adopt what is left; how many records are left.
+
+        Files whose records are all acknowledged are deleted; the active file is cut to the
+        records it holds. Later ``append`` calls return None.
+        """
+        with self._recover_lock, self._lock:
+            self._closed = True
+            active, end, spare = self._active, self._end, self._spare
+            self._active = self._spare = None
+            for segment in (active, spare):
+                if segment is not None:
+                    self._seal(segment)
+            with self._ack_lock:
+                self._reclaim_locked()
+                left = list(self._segments.values())
+                self._segments.clear()
+                self._sealed.clear()
+        pending = 0
+        for segment in left:
+            pending += segment.records - segment.acked
+            segment.close(keep=end if segment is active else None, durable=self.fsync)
+        if pending:
+            log.info("spool %s: %d message(s) left for a later process to send", self.directory, pending)
+        return pending
+
+    # Inside. --------------------------------------------------------------------------
+
+    def _make(self, length: int, prefill: bool) -> _Segment:
+        """A new segment file of ``length`` bytes, allocated, locked, mapped and registered; OSError if not.
+
+        Made under a temporary name and renamed once locked, so no process can take a file
+        that its writer has not locked yet. The caller counts it in ``_bytes_made``.
+        """
+        number = next(self._sequence)
+        path = os.path.join(self.directory, f"{self._writer}-{number:06d}{SUFFIX}")
+        temporary = path + ".tmp"
+        handle = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _allocate(handle, length, prefill)
+            os.pwrite(handle, _FILE_HEADER.pack(_FILE_MAGIC, self._pid, number, time.time()), 0)
+            memory = mmap.mmap(handle, length)
+            try:
+                os.rename(temporary, path)
+                if self.fsync:
+                    _sync_file(handle)
+                    _sync_directory(self.directory)
+            except BaseException:
+                memory.close()
+                raise
+        except BaseException:
+            os.close(handle)
+            with contextlib.suppress(OSError):
+                _unlink(temporary)
+            raise
+        segment = _Segment(path, handle, memory, next(self._keys), owned=True)
+        with self._ack_lock:
+            self._segments[segment.key] = segment
+        return segment
+
+    def _prepare_spare(self) -> None:
+        """On a worker thread: make the next segment ahead of need, zero-filled, so that an append
+        never waits for a new file and the first write to each of its pages is cheap."""
+        with self._lock:
+            if self._spare is not None or self._preparing or self._closed or self._active is None:
+                return  # no active segment: a forked child that has not written yet
+            if self.segment_bytes > self._room():
+                return
+            self._preparing = True
+            self._bytes_made += self.segment_bytes  # reserved now, so an append meanwhile sees the room left
+        try:
+            segment: Optional[_Segment] = self._make(self.segment_bytes, prefill=True)
+        except OSError as error:
+            log.debug("spool %s: the next file could not be made ahead of time: %s", self.directory, error)
+            segment = None
+        with self._lock:
+            self._preparing = False
+            if segment is None:
+                self._bytes_made -= self.segment_bytes
+                return
+            if self._spare is None and not self._closed:
+                self._spare = segment
+                return
+            self._seal(segment)  # closed meanwhile: nothing will be written to it
+        self._reclaim()
+
+    def _seal(self, segment: _Segment) -> None:
+        with self._ack_lock:
+            segment.sealed = True
+            self._sealed.append(segment)
+
+    def _reclaim(self) -> None:
+        with self._ack_lock:
+            self._reclaim_locked()
+
+    def _reclaim_locked(self) -> None:
+        """Delete the sealed files whose records are all acknowledged (``_ack_lock`` held)."""
+        if not self._sealed:
+            return
+        keep: List[_Segment] = []
+        for segment in self._sealed:
+            if segment.acked < segment.records:
+                keep.append(segment)
+                continue
+            del self._segments[segment.key]
+            segment.delete()
+            if segment.owned:
+                self._bytes_freed += segment.size
+        self._sealed = keep
+
+    def _read_adopted(self, limit: int) -> List[Tuple[Token, bytes]]:
+        """Up to ``limit`` records from adopted files, adopting more as needed (``_recover_lock`` held)."""
+        found: List[Tuple[Token, bytes]] = []
+        with self._ack_lock:
+            reading = [segment for segment in self._segments.values() if not segment.owned and not segment.sealed]
+        may_scan = True  # once per call: a file that cannot be deleted must not be adopted again and again
+        while len(found) < limit:
+            if not reading:
+                scanned_at = self._scanned_at
+                segment = self._adopt_next(may_scan)
+                may_scan = may_scan and self._scanned_at == scanned_at
+                if segment is None:
+                    break
+                reading.append(segment)
+            segment = reading[0]
+            records, segment.cursor, finished = _read_records(
+                segment.map, segment.cursor, limit - len(found), _log_skipped(segment.path)
+            )
+            new = [
+                (segment.base | offset, segment.map[offset + _HEADER : offset + _HEADER + length])
+                for offset, state, length in records
+                if state != _DONE
+            ]
+            with self._ack_lock:
+                segment.records += len(new)
+                if finished:
+                    reading.pop(0)
+                    segment.sealed = True
+                    self._sealed.append(segment)
+                    self._reclaim_locked()
+            found.extend(new)
+        return found
+
+    def _adopt_next(self, may_scan: bool) -> Optional[_Segment]:
+        """Lock and map the next file whose writer is gone; None if there is none (for now)."""
+        now = time.monotonic()
+        if not self._adopting:
+            if not may_scan or (self._scanned_at is not None and now - self._scanned_at < self._scan_interval):
+                return None
+            self._scanned_at = now
+            self._adopting = self._orphan_candidates()
+        while self._adopting:
+            segment = self._adopt(self._adopting.pop(0))
+            if segment is not None:
+                return segment
+        return None
+
+    def _orphan_candidates(self) -> List[str]:
+        """Other writers' segment files, least recently written first; stale temporary files removed."""
+        try:
+            names = os.listdir(self.directory)
+        except OSError as error:
+            log.warning("spool %s cannot be read: %s", self.directory, error)
+            return []
+        with self._ack_lock:
+            open_paths = {segment.path for segment in self._segments.values()}
+        candidates: List[Tuple[float, str]] = []
+        for name in names:
+            path = os.path.join(self.directory, name)
+            if name.endswith(SUFFIX + ".tmp"):
+                _remove_stale_temporary(path)
+            if not name.endswith(SUFFIX) or name.startswith(self._writer + "-") or path in open_paths:
+                continue
+            try:
+                candidates.append((os.stat(path).st_mtime, path))
+            except OSError:
+                continue
+        return [path for _, path in sorted(candidates)]
+
+    def _adopt(self, path: str) -> Optional[_Segment]:
+        try:
+            handle = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None  # deleted meanwhile by whoever had it
+        except OSError as error:  # another user's file, say: processes sharing a spool must run as one user
+            log.warning("spool %s: %s cannot be opened to adopt it: %s", self.directory, path, error)
+            return None
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(handle)
+                return None  # its writer (or another adopter) is alive
+            status = os.fstat(handle)
+            if status.st_nlink == 0:  # deleted by the process that held the lock before us
+                os.close(handle)
+                return None
+            head = os.pread(handle, _FILE_HEADER.size, 0)
+            if status.st_size < _RECORDS_START or not head.startswith(_FILE_MAGIC):
+                log.warning("spool %s: %s is not a spool file (or it was cut short): left alone", self.directory, path)
+                os.close(handle)
+                return None
+            memory = mmap.mmap(handle, status.st_size)
+        except OSError as error:
+            log.warning("spool %s: %s could not be adopted: %s", self.directory, path, error)
+            os.close(handle)
+            return None
+        writer = _FILE_HEADER.unpack(head)[1]
+        segment = _Segment(path, handle, memory, next(self._keys), owned=False)
+        with self._ack_lock:
+            self._segments[segment.key] = segment
+        log.info("spool %s: adopted %s, written by process %d, which ended or closed it", self.directory, path, writer)
+        return segment
+
+
+class _Segment:
+    """One open spool file: its descriptor (which holds the lock) and its map."""
+
+    __slots__ = ("acked", "base", "cursor", "fd", "key", "map", "owned", "path", "records", "sealed", "size")
+
+    def __init__(self, path: str, fd: int, memory: mmap.mmap, key: int, owned: bool) -> None:
+        self.path = path
+        self.fd = fd
+        self.map = memory
+        self.size = len(memory)
+        self.key = key
+        self.base = key << 32
+        self.owned = owned
+        self.records = 0
+        """Own: records appended. Adopted: pending records handed out by recover()."""
+        self.acked = 0
+        self.sealed = False
+        """Own: no more appends. Adopted: read to its end."""
+        self.cursor = _RECORDS_START
+        """Adopted: where reading resumes."""
+
+    def record(self, offset: int) -> Optional[bytes]:
+        """The data of the record at ``offset``, unless it is acknowledged."""
+        _, state, _, length, _ = _RECORD.unpack_from(self.map, offset)
+        if state == _DONE:
+            return None
+        return self.map[offset + _HEADER : offset + _HEADER + length]
+
+    def delete(self) -> None:
+        try:
+            _unlink(self.path)  # before closing: nobody can adopt a file between our unlock and its removal
+        except OSError as error:  # its records are all marked done: whoever adopts it finds nothing to send
+            log.warning("spool file %s could not be deleted: %s", self.path, error)
+        self.close()
+
+    def close(self, keep: Optional[int] = None, durable: bool = False) -> None:
+        """Unmap and close; ``keep`` cuts the file to that many bytes first. Releases the lock
+        once no other process (a forked child) holds a copy of the descriptor. Idempotent: a
+        descriptor number is never closed twice (it may name another file by then)."""
+        if self.fd < 0:
+            return
+        try:
+            self.map.close()
+            if keep is not None:
+                os.ftruncate(self.fd, keep)
+                if durable:
+                    _sync_file(self.fd)
+        except (OSError, ValueError) as error:
+            log.warning("spool file %s could not be closed cleanly: %s", self.path, error)
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+
+# Reading records. ----------------------------------------------------------------------
+
+_Buffer = Union[bytes, mmap.mmap]
+
+
+def _valid(buffer: _Buffer, offset: int, stop: int) -> Optional[Tuple[int, int]]:
+    """``(state, length)`` of the record at ``offset`` if it is whole and its checksum matches."""
+    if offset + _HEADER > stop:
+        return None
+    mark, state, _, length, checksum = _RECORD.unpack_from(buffer, offset)
+    body = offset + _HEADER
+    if mark != _MARK or not 0 < length <= stop - body:
+        return None
+    if zlib.crc32(buffer[body : body + length]) != checksum:
+        return None
+    return state, length
+
+
+def _read_records(
+    buffer: _Buffer, cursor: int, limit: int, skipped: Callable[[int, int], None]
+) -> Tuple[List[Tuple[int, int, int]], int, bool]:
+    """Up to ``limit`` records from ``cursor``: ``[(offset, state, length)]``, the next cursor, and
+    whether the end was reached. A torn or corrupt stretch is skipped up to the next valid
+    record and reported to ``skipped(offset, length)``; zeros after the last record are the end."""
+    stop = len(buffer)
+    found: List[Tuple[int, int, int]] = []
+    while len(found) < limit:
+        valid = _valid(buffer, cursor, stop)
+        if valid is not None:
+            state, length = valid
+            found.append((cursor, state, length))
+            cursor += _HEADER + length
+            continue
+        following = _next_record(buffer, cursor + 1, stop)
+        if following is None:
+            if buffer[cursor:stop].strip(b"\0"):  # not just the unwritten rest of the file
+                skipped(cursor, stop - cursor)
+            return found, stop, True
+        skipped(cursor, following - cursor)
+        cursor = following
+    return found, cursor, False
+
+
+def _next_record(buffer: _Buffer, start: int, stop: int) -> Optional[int]:
+    while True:
+        offset = buffer.find(_MARK, start, stop)
+        if offset < 0:
+            return None
+        if _valid(buffer, offset, stop) is not None:
+            return offset
+        start = offset + 1
+
+
+def _log_skipped(path: str) -> Callable[[int, int], None]:
+    def report(offset: int, length: int) -> None:
+        log.warning(
+            "spool: skipped %d byte(s) at offset %d of %s: a torn or corrupt record (cut by a kill in the "
+            "middle of a write, or damaged on disk); the records before and after it are kept",
+            length,
+            offset,
+            path,
+        )
+
+    return report
+
+
+# The report of `analytics-vitally spool DIR`. --------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpoolFile:
+    """One segment file, as ``inspect`` saw it."""
+
+    name: str
+    size: int
+    """Apparent size on disk, in bytes."""
+    pending: int
+    """Records not acknowledged."""
+    writer: int
+    """The PID of the process that wrote it (it may have been reused since)."""
+    live: bool
+    """A running process holds its lock: its writer, or a process that adopted it."""
+    skipped: int
+    """Torn or corrupt stretches skipped (a live file's last record may be mid-write)."""
+
+
+@dataclass(frozen=True)
+class SpoolReport:
+    """What a spool directory holds (``inspect``)."""
+
+    directory: str
+    pending: int
+    """Messages in the spool files, not acknowledged."""
+    pending_bytes: int
+    size: int
+    """The apparent size of the spool files, in bytes."""
+    oldest: Optional[str]
+    """The oldest ``timestamp`` among pending messages (Vitally's UTC form), if any has one."""
+    files: Tuple[SpoolFile, ...]
+    dead_letters: int
+    """Lines in ``dead-letter.jsonl``."""
+    dead_letter_bytes: int
+
+    @property
+    def orphaned(self) -> int:
+        """Pending messages in files no running process holds: the next process started with this
+        spool (or ``analytics-vitally spool --send``) sends them."""
+        return sum(file.pending for file in self.files if not file.live)
+
+    def text(self) -> str:
+        """The report as lines of text; the first reads ``N messages pending``."""
+        live = [file for file in self.files if file.live]
+        lines = [
+            f"{self.pending} messages pending",
+            f"{self.pending_bytes:,} bytes of messages in {len(self.files)} file(s), {self.size:,} bytes on disk",
+            f"oldest pending message: {self.oldest or 'none (or none has a timestamp)'}",
+            f"{len(live)} file(s) held by a running process, {len(self.files) - len(live)} left by processes "
+            f"that ended ({self.orphaned} messages to send)",
+            f"{self.dead_letters} dead letter(s) in {os.path.join(self.directory, DEAD_LETTER)}"
+            + (" (resend with analytics-vitally import)" if self.dead_letters else ""),
+        ]
+        for file in self.files:
+            owner = "held by a running process" if file.live else "its process has ended"
+            torn = f", {file.skipped} torn stretch(es) skipped" if file.skipped else ""
+            lines.append(
+                f"  {file.name}: {file.pending} pending, {file.size:,} bytes, pid {file.writer}, {owner}{torn}"
+            )
+        return "\n".join(lines)
+
+
+def inspect(directory: Union[str, os.PathLike[str]]) -> SpoolReport:
+    """What ``directory`` holds, without changing it (a shared lock is taken for an instant to see
+    whether each file's writer lives; an adopter trying that instant waits for its next look)."""
+    _require_flock()
+    path = os.path.abspath(os.fspath(directory))
+    files: List[SpoolFile] = []
+    pending = pending_bytes = total = 0
+    oldest: Optional[str] = None
+    names = sorted(name for name in os.listdir(path) if name.endswith(SUFFIX))
+    for name in names:
+        try:
+            content, live = _read_for_report(os.path.join(path, name))
+        except OSError:
+            continue  # deleted meanwhile
+        skips: List[int] = []
+        writer = 0
+        records: List[Tuple[int, int, int]] = []
+        if content.startswith(_FILE_MAGIC) and len(content) >= _RECORDS_START:
+            writer = _FILE_HEADER.unpack_from(content)[1]
+            records, _, _ = _read_records(content, _RECORDS_START, len(content), _counter(skips))
+        waiting = [(offset, length) for offset, state, length in records if state != _DONE]
+        for offset, length in waiting:
+            stamp = _timestamp(content[offset + _HEADER : offset + _HEADER + length])
+            if stamp is not None and (oldest is None or stamp < oldest):
+                oldest = stamp
+        files.append(SpoolFile(name, len(content), len(waiting), writer, live, len(skips)))
+        pending += len(waiting)
+        pending_bytes += sum(length for _, length in waiting)
+        total += len(content)
+    dead_letters = dead_letter_bytes = 0
+    try:
+        with open(os.path.join(path, DEAD_LETTER), "rb") as handle:
+            for line in handle:
+                dead_letters += bool(line.strip())
+                dead_letter_bytes += len(line)
+    except FileNotFoundError:
+        pass
+    return SpoolReport(path, pending, pending_bytes, total, oldest, tuple(files), dead_letters, dead_letter_bytes)
+
+
+def _counter(skips: List[int]) -> Callable[[int, int], None]:
+    def count(offset: int, length: int) -> None:
+        skips.append(length)
+
+    return count
+
+
+def _read_for_report(path: str) -> Tuple[bytes, bool]:
+    handle = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            live = False
+        except BlockingIOError:
+            live = True
+        chunks: List[bytes] = []
+        while True:
+            chunk = os.read(handle, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks), live
+    finally:
+        os.close(handle)  # drops our shared lock
+
+
+def _timestamp(data: bytes) -> Optional[str]:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    stamp = value.get("timestamp") if isinstance(value, dict) else None
+    return stamp if isinstance(stamp, str) else None
+
+
+# The file system. ------------------------------------------------------------------------
+
+
+def _require_flock() -> None:
+    if sys.platform == "win32":
+        raise ConfigurationError(
+            "spool",
+            "is not supported on Windows (it needs fcntl.flock and shared memory maps): leave spool unset",
+        )
+
+
+def _page_multiple(length: int) -> int:
+    return -(-length // mmap.PAGESIZE) * mmap.PAGESIZE
+
+
+def _allocate(handle: int, length: int, prefill: bool) -> None:
+    """Give the file ``length`` bytes of real blocks (never a sparse file: a write fault on a full
+    disk would kill the process with SIGBUS). ``prefill`` writes zeros, which costs a few ms per
+    MiB but makes the later first write to each page cheap (about 0.3 µs instead of 7 µs on ext4)."""
+    if not prefill and hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(handle, 0, length)
+            return
+        except OSError as error:
+            if error.errno == errno.ENOSPC:
+                raise
+    written = 0
+    zeros = memoryview(_ZEROS)
+    while written < length:
+        written += os.pwrite(handle, zeros[: min(len(zeros), length - written)], written)
+
+
+def _sync_range(segment: _Segment, start: int, end: int) -> None:
+    """Make a record survive a power cut. Linux: fdatasync, which writes mapped pages too and
+    releases the GIL (mmap.flush holds it for the whole msync). Elsewhere msync, then on macOS
+    F_FULLFSYNC, since fsync there does not flush the drive's cache."""
+    if sys.platform.startswith("linux"):
+        os.fdatasync(segment.fd)
+        return
+    first = start - start % mmap.PAGESIZE
+    segment.map.flush(first, end - first)
+    _sync_file(segment.fd)
+
+
+def _sync_file(handle: int) -> None:
+    full = getattr(fcntl, "F_FULLFSYNC", None)
+    if full is not None:
+        fcntl.fcntl(handle, full)
+    else:
+        os.fsync(handle)
+
+
+def _sync_directory(directory: str) -> None:
+    handle = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _remove_stale_temporary(path: str) -> None:
+    """A file still under its temporary name long after it was made: its maker died making it."""
+    try:
+        if time.time() - os.stat(path).st_mtime < _STALE_TEMPORARY:
+            return
+        handle = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(handle).st_nlink:
+            _unlink(path)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+_spools: weakref.WeakSet[Spool] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for spool in list(_spools):
+        spool.reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+__all__ = ["DEAD_LETTER", "DEFAULT_MAX_BYTES", "Spool", "SpoolFile", "SpoolReport", "Token", "inspect"]

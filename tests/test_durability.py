@@ -1,0 +1,230 @@
+"""The spool setting end to end: a call that returned (True, message) survives the death of its process.
+
+Real processes are killed (SIGKILL, SIGTERM with its default action) at random points; a later
+process with the same spool delivers what they had accepted, with the original messageIds.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, List
+
+import pytest
+
+from analytics_vitally import Client
+from analytics_vitally.spool import DEAD_LETTER, inspect
+from analytics_vitally.testing import Receiver, Reply
+
+from .conftest import TOKEN, MakeClient
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the spool needs flock and shared maps")
+
+WRITER = """
+    import os, signal, sys, time
+    from analytics_vitally import Client
+
+    client = Client({token!r}, host={host!r}, spool={spool!r}, upload_interval={interval}, exit_timeout=0.5)
+    ids = open({ids!r}, "a")
+    for i in range({count}):
+        queued, message = client.track("u", "e", {{"i": i}})
+        if queued:
+            ids.write(message["messageId"] + "\\n")
+            ids.flush()
+    {ending}
+"""
+
+
+def write_and_die(spool: Path, ids: Path, host: str, count: int, ending: str, interval: float = 60) -> None:
+    code = WRITER.format(
+        token=TOKEN, host=host, spool=str(spool), interval=interval, ids=str(ids), count=count, ending=ending
+    )
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60)
+    assert done.returncode in (0, -signal.SIGKILL, -signal.SIGTERM), done.stderr[-2000:]
+
+
+def accepted(ids: Path) -> List[str]:
+    return ids.read_text().split() if ids.exists() else []
+
+
+def delivered_by_a_new_process(receiver: Receiver, spool: Path, expected: List[str], make: MakeClient) -> None:
+    """Every accepted call arrives (before the kill, or from the spool after it) under its original messageId."""
+    make(spool=str(spool))  # no call: leftovers are sent as soon as the client is made
+    deadline = time.monotonic() + 30
+    while not set(expected) <= set(receiver.message_ids()):
+        missing = len(set(expected) - set(receiver.message_ids()))
+        assert time.monotonic() < deadline, f"{missing} of {len(expected)} accepted messages never arrived"
+        time.sleep(0.02)
+    assert set(receiver.message_ids()) <= set(expected)  # nothing under a new ID
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_accepted_calls_survive_a_kill_right_after_them(
+    tmp_path: Path, receiver: Receiver, make_client: MakeClient, how: str
+) -> None:
+    spool, ids = tmp_path / "spool", tmp_path / "ids"
+    write_and_die(spool, ids, receiver.url, 500, f"os.kill(os.getpid(), signal.{how})")
+    assert len(accepted(ids)) == 500
+    delivered_by_a_new_process(receiver, spool, accepted(ids), make_client)
+
+
+def test_sigkill_at_random_moments_loses_no_accepted_call(
+    tmp_path: Path, receiver: Receiver, make_client: MakeClient
+) -> None:
+    spool, ids = tmp_path / "spool", tmp_path / "ids"
+    code = WRITER.format(
+        token=TOKEN, host=receiver.url, spool=str(spool), interval=0.01, ids=str(ids), count=100_000, ending=""
+    )
+    for _ in range(3):  # each writer delivers some, and is killed mid-stream
+        writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while len(accepted(ids)) < random.randint(200, 3000):
+            assert time.monotonic() < deadline and writer.poll() is None
+            time.sleep(0.005)
+        writer.kill()
+        writer.wait(10)
+    expected = accepted(ids)
+    # A call that returned wrote its ID after the spool held the message: every ID written must arrive.
+    delivered_by_a_new_process(receiver, spool, expected, make_client)
+
+
+def test_three_writers_killed_together_one_new_process_sends_all(
+    tmp_path: Path, receiver: Receiver, make_client: MakeClient
+) -> None:
+    spool = tmp_path / "spool"
+    code = [
+        textwrap.dedent(
+            WRITER.format(
+                token=TOKEN,
+                host=receiver.url,
+                spool=str(spool),
+                interval=60,
+                ids=str(tmp_path / f"ids{n}"),
+                count=300,
+                ending="time.sleep(60)",
+            )
+        )
+        for n in range(3)
+    ]
+    writers = [subprocess.Popen([sys.executable, "-c", c]) for c in code]
+    deadline = time.monotonic() + 30
+    while sum(len(accepted(tmp_path / f"ids{n}")) for n in range(3)) < 900:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    for writer in writers:
+        writer.send_signal(signal.SIGKILL)
+    for writer in writers:
+        writer.wait(10)
+    expected = [i for n in range(3) for i in accepted(tmp_path / f"ids{n}")]
+    delivered_by_a_new_process(receiver, spool, expected, make_client)
+
+
+def test_at_exit_with_vitally_down_what_is_left_stays_for_the_next_process(
+    tmp_path: Path, receiver: Receiver, make_client: MakeClient
+) -> None:
+    spool, ids = tmp_path / "spool", tmp_path / "ids"
+    write_and_die(spool, ids, "http://127.0.0.1:9", 200, "", interval=0.01)  # port 9: nothing listens
+    assert inspect(spool).pending == 200
+    delivered_by_a_new_process(receiver, spool, accepted(ids), make_client)
+
+
+def test_refused_messages_go_to_on_error_and_the_dead_letters_not_again(
+    tmp_path: Path, receiver: Receiver, make_client: MakeClient
+) -> None:
+    receiver.respond = lambda request: (
+        Reply(400, {"message": "bad"}) if any(m["properties"].get("bad") for m in request.messages or []) else None
+    )
+    errors: List[Any] = []
+    client = make_client(spool=str(tmp_path), on_error=lambda error, messages: errors.extend(messages))
+    client.track("u", "e", {"bad": False})
+    _, bad = client.track("u", "e", {"bad": True})
+    assert client.flush(timeout=10)
+    assert [m["messageId"] for m in errors] == [bad["messageId"]]
+    lines = (tmp_path / DEAD_LETTER).read_text().splitlines()
+    assert [json.loads(line)["messageId"] for line in lines] == [bad["messageId"]]
+    assert inspect(tmp_path).pending == 0  # delivered and refused alike left the spool
+
+
+def test_the_dead_letters_import_again(tmp_path: Path, receiver: Receiver, make_client: MakeClient) -> None:
+    receiver.respond = lambda request: Reply(400, {"message": "blocked"})
+    client = make_client(spool=str(tmp_path / "spool"))
+    _, message = client.track("u", "e")
+    assert client.flush(timeout=10)
+    receiver.respond = None
+    done = subprocess.run(
+        [
+            "analytics-vitally",
+            "import",
+            "--host",
+            receiver.url,
+            "--write-key",
+            TOKEN,
+            str(tmp_path / "spool" / DEAD_LETTER),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert receiver.message_ids() == [message["messageId"]]
+
+
+def test_a_full_spool_refuses_and_counts(tmp_path: Path, make_client: MakeClient) -> None:
+    client = make_client(spool=str(tmp_path), max_spool_bytes=1 << 16, upload_interval=60, host="http://127.0.0.1:9")
+    results = [client.track("u", "e", {"pad": "x" * 200})[0] for _ in range(1000)]
+    assert True in results and False in results
+    assert results.index(False) > 50  # it took messages up to its bound
+    assert client.stats().dropped == results.count(False)
+    assert sum(f.stat().st_size for f in tmp_path.glob("*.seg")) <= 1 << 16
+
+
+def test_failures_that_may_pass_stay_in_the_spool_not_in_on_error(
+    tmp_path: Path, receiver: Receiver, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver.respond = lambda request: Reply(503, {"message": "busy"})
+    errors: List[Any] = []
+    client = make_client(spool=str(tmp_path), retry_wait=0.01, max_retries=1, on_error=lambda e, m: errors.append(m))
+    for i in range(5):
+        client.track("u", "e", {"i": i})
+    assert client.flush(timeout=10)
+    assert errors == []
+    assert "kept in the spool for a later try" in caplog.text
+    assert inspect(tmp_path).pending == 5
+
+
+def test_the_spool_command(tmp_path: Path, receiver: Receiver) -> None:
+    spool, ids = tmp_path / "spool", tmp_path / "ids"
+    write_and_die(spool, ids, receiver.url, 50, "os.kill(os.getpid(), signal.SIGKILL)")
+    shown = subprocess.run(["analytics-vitally", "spool", str(spool)], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[0] == "50 messages pending"
+    sent = subprocess.run(
+        ["analytics-vitally", "spool", "--send", "--host", receiver.url, "--write-key", TOKEN, str(spool)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert sorted(receiver.message_ids()) == sorted(accepted(ids))
+    assert inspect(spool).pending == 0
+
+
+def test_spool_with_sync_mode_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="spool"):
+        Client(TOKEN, host="http://127.0.0.1:9", spool=str(tmp_path), sync_mode=True)
+
+
+def test_spool_comes_from_the_environment(
+    tmp_path: Path, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VITALLY_SPOOL", str(tmp_path))
+    client = make_client(upload_interval=60)
+    client.track("u", "e")
+    assert inspect(tmp_path).pending == 1
