@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import logging
 import os
 import signal
 import sys
 import threading
-import time
 from types import FrameType
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -33,21 +31,17 @@ from .importer import (
     MAX_CHECKPOINT_EVERY,
     MAX_WORKERS,
     RATE_LIMITS,
-    STOPPING,
+    ConsoleOutput,
     Importer,
     ImportFilesError,
     ImportOptions,
-    ImportProgress,
     ImportReport,
-    Rejection,
 )
 from .spool import DEAD_LETTER
 from .spool import inspect as inspect_spool
 from .version import VERSION
 
 DEFAULT_PORT = 8765
-PROGRESS_INTERVAL = 5.0
-"""Seconds between two progress lines when standard error is not a terminal."""
 _USAGE_ERROR = 2
 
 
@@ -62,7 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _import(args)
     except ConfigurationError as error:
         option = "workers" if error.setting == "thread" else error.setting.replace("_", "-")
-        return _fail(f"{error} (option --{option})")
+        return _fail(f"{str(error).replace(', or set send=False', '')} (option --{option})")  # no such option here
     except ImportFilesError as error:
         return _fail(f"{error} (option --{error.option})" if error.option else str(error))
 
@@ -190,7 +184,7 @@ _OPTION_NAMES = frozenset(field.name for field in dataclasses.fields(ImportOptio
 
 
 def _import(args: argparse.Namespace) -> int:
-    output = _Output()
+    output = ConsoleOutput(stopping_hint=" (Ctrl-C again quits)")
     named = {name: value for name, value in vars(args).items() if name in _OPTION_NAMES}
     settings = {"debug": args.verbose}
     options = ImportOptions(**named, client_settings=settings, on_progress=output.progress, on_reject=output.reject)
@@ -244,72 +238,6 @@ def _summary(args: argparse.Namespace, report: ImportReport, signal_number: int)
     if signal_number and report.failure is None:
         return 128 + signal_number
     return report.exit_code
-
-
-class _Output(logging.Handler):
-    """Standard error: rejected lines, the importer's log, and progress (a tqdm bar on a terminal,
-    else a line every PROGRESS_INTERVAL seconds). Written from the client's threads too."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self._writing = threading.Lock()
-        self._bar: Any = None
-        self._begun = False
-        self._started = self._shown = time.monotonic()
-
-    def write(self, text: str) -> None:
-        with self._writing:
-            if self._bar is not None:
-                self._bar.write(text, file=sys.stderr)
-            else:
-                print(text, file=sys.stderr, flush=True)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        suffix = " (Ctrl-C again quits)" if record.msg == STOPPING else ""
-        self.write(record.getMessage() + suffix)
-
-    def reject(self, rejection: Rejection) -> None:
-        self.write(str(rejection))  # FILE:LINE: reason
-
-    def progress(self, progress: ImportProgress) -> None:
-        if not self._begun:
-            self._begun = True
-            self._started = self._shown = time.monotonic()
-            self._bar = _bar(progress)
-        if self._bar is not None:
-            self._bar.update(progress.lines - self._bar.n)
-        elif time.monotonic() - self._shown >= PROGRESS_INTERVAL:
-            self.write(self._line(progress))
-
-    def _line(self, progress: ImportProgress) -> str:
-        self._shown = now = time.monotonic()
-        done, total = progress.lines, progress.total
-        rate = (done - progress.started_at) / max(now - self._started, 1e-9)
-        line = f"{done} of {total} lines ({100 * done // total}%)" if total else f"{done} lines"
-        line += f", {progress.sent} sent, {rate:.0f} lines/s"
-        if total and rate > 0:
-            line += f", {(total - done) / rate:.0f}s left"
-        return line
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-        super().close()
-
-
-def _bar(progress: ImportProgress) -> Any:
-    """A tqdm bar (count, rate, time left) when standard error is a terminal and tqdm is installed; else None."""
-    try:
-        if not sys.stderr.isatty() or os.get_terminal_size(sys.stderr.fileno()).columns <= 0:
-            return None
-        tqdm = importlib.import_module("tqdm").tqdm
-    except (OSError, ValueError):  # no terminal after all
-        return None
-    except ImportError:
-        print("(pip install 'analytics-vitally[cli]' for a progress bar)", file=sys.stderr)
-        return None
-    total, initial = progress.total, progress.lines
-    return tqdm(total=total, initial=initial, unit=" lines", file=sys.stderr, dynamic_ncols=True, smoothing=0.05)
 
 
 # serve --------------------------------------------------------------------------------

@@ -205,7 +205,8 @@ def problems(message: Any, name: Callable[[str], str] = wire_field, stamped: boo
             if key in rule.strings:
                 found.append(InvalidMessageError(name(key), required))
         elif not isinstance(value, str):
-            found.append(InvalidTypeError(name(key), f"must be a string, not {type(value).__name__}"))
+            wanted = "a string or an integer (IDs are sent as strings)" if key in rule.all_ids else "a string"
+            found.append(InvalidTypeError(name(key), f"must be {wanted}, not {type(value).__name__}"))
         elif not str.__len__(value):  # str's own: a subclass's __bool__ may raise
             found.append(InvalidMessageError(name(key), "must not be empty"))
     for key in rule.optional_strings:

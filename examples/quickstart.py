@@ -4,8 +4,9 @@
 
 With no credentials it starts a local stand-in for Vitally in this process and
 sends there, so it works offline. With VITALLY_WRITE_KEY and VITALLY_SUBDOMAIN
-set, it sends the same six messages to your Vitally account instead (they name
-a "Quickstart" organization, account and user you can delete afterwards).
+(or VITALLY_HOST) set, it sends the same six messages there instead: to your
+Vitally account, they name a "Quickstart" organization, account and user you can
+delete afterwards.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ def report_failure(error: Exception, messages: List[Dict[str, Any]]) -> None:
 
 def main() -> int:
     analytics.on_error = report_failure
-    if os.environ.get("VITALLY_WRITE_KEY") and os.environ.get("VITALLY_SUBDOMAIN"):
-        # write_key and subdomain come from the environment.
+    if os.environ.get("VITALLY_WRITE_KEY") and (os.environ.get("VITALLY_SUBDOMAIN") or os.environ.get("VITALLY_HOST")):
+        # write_key and subdomain (or host) come from the environment.
         send_examples()
         analytics.flush()
         stats = analytics.stats()
@@ -54,7 +55,9 @@ def main() -> int:
     with Receiver(token="quickstart-token") as receiver:
         analytics.write_key = "quickstart-token"
         analytics.host = receiver.url
-        print(f"no VITALLY_WRITE_KEY and VITALLY_SUBDOMAIN: sending to a local receiver at {receiver.url}")
+        print(
+            f"no VITALLY_WRITE_KEY with VITALLY_SUBDOMAIN or VITALLY_HOST: sending to a local receiver at {receiver.url}"
+        )
         send_examples()
         analytics.flush()
         print(f"it accepted {len(receiver.messages)} message(s):")

@@ -362,7 +362,10 @@ def test_progress_bar_on_a_terminal(receiver: Receiver, tmp_path: Path) -> None:
 
 def test_plain_progress_without_tqdm_or_terminal(receiver: Receiver, tmp_path: Path) -> None:
     without_tqdm = "import sys; sys.modules['tqdm'] = None; from analytics_vitally.cli import main; sys.exit(main())"
-    every_line = "import sys, analytics_vitally.cli as cli; cli.PROGRESS_INTERVAL = 0; sys.exit(cli.main())"
+    every_line = (
+        "import sys, analytics_vitally.cli as cli, analytics_vitally.importer as importer; "
+        "importer.PROGRESS_INTERVAL = 0; sys.exit(cli.main())"
+    )
     arguments = importing(receiver, "--restart", str(SAMPLE))[1:]
 
     code, shown = run_on_terminal([sys.executable, "-c", without_tqdm, *arguments], tmp_path)
@@ -386,6 +389,7 @@ def test_missing_settings_are_a_usage_error(tmp_path: Path) -> None:
 
     assert result.returncode == 2
     assert "write_key is not set" in result.stderr and "--write-key" in result.stderr
+    assert "send=False" not in result.stderr  # no such option on the command line
 
 
 # serve -------------------------------------------------------------------------------
