@@ -55,9 +55,8 @@ def main() -> int:
     with Receiver(token="quickstart-token") as receiver:
         analytics.write_key = "quickstart-token"
         analytics.host = receiver.url
-        print(
-            f"no VITALLY_WRITE_KEY with VITALLY_SUBDOMAIN or VITALLY_HOST: sending to a local receiver at {receiver.url}"
-        )
+        where = f"a local receiver at {receiver.url}"
+        print(f"no VITALLY_WRITE_KEY with VITALLY_SUBDOMAIN or VITALLY_HOST: sending to {where}")
         send_examples()
         analytics.flush()
         print(f"it accepted {len(receiver.messages)} message(s):")
