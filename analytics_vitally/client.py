@@ -26,7 +26,8 @@ log = logging.getLogger("analytics_vitally")
 
 Message = Dict[str, Any]
 Result = Tuple[bool, Message]
-"""``(queued, message)``: whether the message was accepted, and the message as it goes on the wire."""
+"""``(queued, message)``: whether the message was accepted, and the message dict that was checked and
+encoded (wire field names; values inside traits and properties as given, such as a Decimal)."""
 
 _clients: weakref.WeakSet[Client] = weakref.WeakSet()
 
