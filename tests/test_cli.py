@@ -44,6 +44,18 @@ def importing(receiver: Receiver, *args: str) -> List[str]:
     return [COMMAND, "import", "--host", receiver.url, "--write-key", TOKEN, *args]
 
 
+def start_import(receiver: Receiver, *args: str, cwd: Path) -> subprocess.Popen[str]:
+    """An import running in the background, its output captured as text."""
+    return subprocess.Popen(
+        importing(receiver, *args),
+        cwd=cwd,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def run_import(receiver: Receiver, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return run(*importing(receiver, *args)[1:], cwd=cwd)
 
@@ -267,14 +279,7 @@ def test_killed_import_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
 def test_interrupted_import_saves_its_progress_and_resends_nothing(tmp_path: Path) -> None:
     receiver, gate = gated_receiver(after=1200)
     with receiver:
-        process = subprocess.Popen(
-            importing(receiver, "--checkpoint-every", "500", str(SAMPLE)),
-            cwd=tmp_path,
-            env=environment(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        process = start_import(receiver, "--checkpoint-every", "500", str(SAMPLE), cwd=tmp_path)
         try:
             assert receiver.wait_for(1200, timeout=30)
             process.send_signal(signal.SIGINT)
@@ -624,14 +629,7 @@ def test_absurd_option_values_are_usage_errors(receiver: Receiver, tmp_path: Pat
 
 def test_a_signal_ends_the_wait_between_rate_bursts(receiver: Receiver, tmp_path: Path) -> None:
     source = write(tmp_path / "events.jsonl", track_lines(300))
-    process = subprocess.Popen(
-        importing(receiver, "--rate", "0.01", str(source)),  # 100 s between two bursts of 100
-        cwd=tmp_path,
-        env=environment(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_import(receiver, "--rate", "0.01", str(source), cwd=tmp_path)  # 100 s between bursts of 100
     try:
         assert receiver.wait_for(100, timeout=30)
         process.send_signal(signal.SIGINT)
