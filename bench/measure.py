@@ -12,6 +12,9 @@ receiver, a client may drop calls and the receiver never reaches the target: the
 the count is taken once it stays put for ``SETTLE_QUIET`` seconds after
 ``flush()`` (every client's flush waits for its queue to be delivered, so it is
 final by then), and at most ``SETTLE_LIMIT`` seconds after it.
+
+With ``--set spool="DIR"`` (ours + spool; run.py makes DIR and removes it) the
+result also says what the spool directory held once the count settled.
 """
 
 from __future__ import annotations
@@ -90,6 +93,8 @@ def measure(client: str, port: int, calls: int, delay: float, settings: Dict[str
     reached_at = received["reached_at"]
     end = reached_at if reached_at is not None else received["last_at"] or flushed
     delivered = received["messages"]
+    spool = settings.get("spool")
+    spool_files, spool_bytes = spool_size(spool) if spool else (None, None)
     return {
         "client": client,
         "version": bench.version,
@@ -120,7 +125,20 @@ def measure(client: str, port: int, calls: int, delay: float, settings: Dict[str
         "rss_before_import_kib": before_import["VmRSS"],
         "rss_built_kib": built["VmRSS"],
         "peak_rss_kib": memory_kib()["VmHWM"],
+        "spool_files": spool_files,
+        "spool_bytes": spool_bytes,
     }
+
+
+def spool_size(directory: str) -> Tuple[int, int]:
+    """The files in a spool directory and their apparent size in bytes (what max_spool_bytes counts)."""
+    files = size = 0
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False):
+                files += 1
+                size += entry.stat(follow_symlinks=False).st_size
+    return files, size
 
 
 def main() -> None:
