@@ -18,7 +18,7 @@ import functools
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from .client import Client, Message, Result
 from .errors import (
@@ -35,6 +35,9 @@ from .worker import Stats
 
 if TYPE_CHECKING:
     from typing import Concatenate, ParamSpec, TypeVar
+
+    from .aio import AsyncClient
+    from .integrations import flush_after
 
     P = ParamSpec("P")
     R = TypeVar("R")
@@ -163,8 +166,27 @@ def _new_lock_in_child() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_lock_in_child)
 
+def __getattr__(name: str) -> Any:
+    """``AsyncClient`` and ``flush_after`` need asyncio: loaded at first use, not with the package."""
+    if name == "AsyncClient":
+        from .aio import AsyncClient
+
+        return AsyncClient
+    if name == "flush_after":
+        from .integrations import flush_after
+
+        return flush_after
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> List[str]:
+    """The public names only: the API, the settings, the version."""
+    return sorted({*__all__, *SETTING_NAMES, "__version__"})
+
+
 __all__ = [
     "AnalyticsError",
+    "AsyncClient",
     "AuthenticationError",
     "Client",
     "ConfigurationError",
@@ -180,6 +202,7 @@ __all__ = [
     "default_client",
     "enqueue",
     "flush",
+    "flush_after",
     "group",
     "identify",
     "join",

@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import sys
+import threading
 import time
 import weakref
 from dataclasses import replace
@@ -234,12 +235,16 @@ class Client:
         datetime) is sent in Vitally's UTC form; none is added when absent (Vitally then
         dates the message when it arrives).
         """
+        if _pid != _getpid():
+            _notice_fork()
         filled = complete(message)
         if "messageId" not in filled:
             filled["messageId"] = _new_message_id()
         return self._enqueue(filled, wire_field)
 
     def _submit(self, fields: Message, timestamp: Optional[datetime], message_id: Optional[str]) -> Result:
+        if _pid != _getpid():  # a fork that skipped the at-fork hooks (uWSGI forks from C)
+            _notice_fork()
         message = {key: value for key, value in fields.items() if value is not None}
         message["messageId"] = _new_message_id() if message_id is None else _message_id(message_id)
         message["timestamp"] = now_timestamp() if timestamp is None else _timestamp(timestamp)
@@ -388,7 +393,23 @@ def _configure_logging(settings: Settings) -> None:
             log.addHandler(logging.StreamHandler())
 
 
+_getpid = os.getpid
+_pid = _getpid()
+"""The process the clients' queues, threads and message IDs belong to."""
+_fork_lock = threading.Lock()
+
+
+def _notice_fork() -> None:
+    """What the at-fork hook does, for a fork that did not run it: seen at the first call in the child."""
+    with _fork_lock:
+        if _pid != _getpid():
+            log.debug("forked without Python's fork hooks (uWSGI?): fresh queues, threads and message IDs")
+            _after_fork_in_child()
+
+
 def _after_fork_in_child() -> None:
+    global _pid
+    _pid = _getpid()
     _random.seed()  # the child must not make the parent's message IDs
     for client in list(_clients):
         client._after_fork_in_child()

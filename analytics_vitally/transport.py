@@ -178,6 +178,7 @@ class Transport:
 
     def reset_after_fork(self) -> None:
         """Forget connections, pauses and counts inherited from the parent process."""
+        _new_watchdog_in_child()
         self._local = threading.local()
         self._aborted = threading.Event()
         self._lock = threading.Lock()  # guards retries and _paused_until
@@ -516,9 +517,18 @@ def _shut(handle: socket.socket) -> None:
 _watchdog = _Watchdog()
 
 
+_watchdog_pid = os.getpid()
+
+
 def _new_watchdog_in_child() -> None:
-    global _watchdog
-    _watchdog = _Watchdog()  # the parent's thread does not exist here, and its lock may be held
+    """In a forked child (once): the parent's watchdog thread does not exist here, and its lock may be held.
+
+    Run by ``os.register_at_fork``, and by ``Transport.reset_after_fork`` for forks that skip those
+    hooks (uWSGI forks its workers from C).
+    """
+    global _watchdog, _watchdog_pid
+    if _watchdog_pid != os.getpid():
+        _watchdog, _watchdog_pid = _Watchdog(), os.getpid()
 
 
 if hasattr(os, "register_at_fork"):

@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
+from .servers import warn_if_threads_cannot_run
 from .settings import Settings
 from .spool import Spool
 
@@ -326,6 +327,8 @@ class Worker:
 
     def _start_locked(self, extra: int = 0) -> bool:
         self._threads = [thread for thread in self._threads if thread.is_alive()]
+        if len(self._threads) < self._thread_count:
+            warn_if_threads_cannot_run()  # uWSGI without threads, or its master before the fork: once each
         try:
             while len(self._threads) < self._thread_count + extra:
                 thread = threading.Thread(target=self._run, name="analytics_vitally", daemon=True)

@@ -191,7 +191,7 @@ def test_sync_mode_reports_a_rejected_message(make_client: MakeClient, receiver:
     client = make_client(sync_mode=True, on_error=lambda error, messages: errors.append((error, messages)))
     queued, message = client.track("u", "e")
     assert queued is False
-    (error, messages), = errors
+    ((error, messages),) = errors
     assert error.status == 400 and messages == [message]
 
 
@@ -203,7 +203,7 @@ def test_on_error_gets_the_messages_exactly_as_sent(make_client: MakeClient, rec
     _, sent = client.identify("u", traits, account_id="a")
     traits["n"] = 2  # changing the caller's dict afterwards does not change what was sent
     assert client.flush()
-    (error, messages), = errors
+    ((error, messages),) = errors
     assert error.status == 403 and "nope" in error.body
     assert messages == [{**sent, "traits": {"n": 1}}]
     assert client.stats().failed == 1

@@ -355,8 +355,13 @@ def test_unsafe_hosts_are_refused(host: str) -> None:
 
 @pytest.mark.parametrize(
     "host",
-    ["https://proxy.example.com", "https://eu.example.com/base/", "http://localhost:8765", "http://127.0.0.9:1",
-     "http://[::1]:8765"],
+    [
+        "https://proxy.example.com",
+        "https://eu.example.com/base/",
+        "http://localhost:8765",
+        "http://127.0.0.9:1",
+        "http://[::1]:8765",
+    ],
 )
 def test_safe_hosts_are_accepted(host: str) -> None:
     assert Client("k", host=host).settings.url.endswith("/analytics/v1/batch")

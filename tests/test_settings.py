@@ -191,9 +191,7 @@ def test_configure_fails_at_start_up_and_keeps_the_old_settings(receiver: Receiv
     assert len(receiver.messages) == 1
 
 
-def test_configure_replaces_the_default_client_delivering_what_it_held(
-    receiver: Receiver, module_api: Any
-) -> None:
+def test_configure_replaces_the_default_client_delivering_what_it_held(receiver: Receiver, module_api: Any) -> None:
     first = analytics_vitally.configure(upload_interval=60)
     analytics_vitally.track("u", "before")
     second = analytics_vitally.configure(upload_interval=60)
