@@ -19,17 +19,31 @@ import asyncio
 import contextlib
 import functools
 import threading
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
-from .client import Client, Message, Result
+from .client import Client, Result
 from .settings import Settings
 from .worker import Stats
 
 if TYPE_CHECKING:
     from types import TracebackType
+    from typing import Concatenate, Coroutine, ParamSpec
+
+    P = ParamSpec("P")
 
 T = TypeVar("T")
+
+
+def _coroutine(
+    method: Callable[Concatenate[Client, P], Result],
+) -> Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, Result]]:
+    """``method`` of ``Client`` as a coroutine method of ``AsyncClient`` (``await client.track(...)``)."""
+
+    @functools.wraps(method)
+    async def call(self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> Result:
+        return await self._call(functools.partial(method, self._client, *args, **kwargs))
+
+    return call
 
 
 class AsyncClient:
@@ -54,123 +68,14 @@ class AsyncClient:
     def __repr__(self) -> str:
         return repr(self._client).replace("analytics_vitally.Client", "analytics_vitally.AsyncClient", 1)
 
-    async def organization(
-        self,
-        organization_id: Any,
-        traits: Optional[Message] = None,
-        *,
-        timestamp: Optional[datetime] = None,
-        message_id: Optional[str] = None,
-    ) -> Result:
-        """As ``Client.organization``: ``await client.organization("org-1", {"name": "World Cup"})``."""
-        return await self._call(
-            lambda: self._client.organization(organization_id, traits, timestamp=timestamp, message_id=message_id)
-        )
-
-    async def group(
-        self,
-        account_id: Any,
-        traits: Optional[Message] = None,
-        *,
-        organization_id: Any = None,
-        timestamp: Optional[datetime] = None,
-        message_id: Optional[str] = None,
-    ) -> Result:
-        """As ``Client.group``: ``await client.group("acct-1", {"name": "Argentina"}, organization_id="org-1")``."""
-        return await self._call(
-            lambda: self._client.group(
-                account_id, traits, organization_id=organization_id, timestamp=timestamp, message_id=message_id
-            )
-        )
-
-    async def identify(
-        self,
-        user_id: Any,
-        traits: Optional[Message] = None,
-        *,
-        account_id: Any = None,
-        organization_id: Any = None,
-        timestamp: Optional[datetime] = None,
-        message_id: Optional[str] = None,
-    ) -> Result:
-        """As ``Client.identify``: ``await client.identify("32", {"name": "Lionel Messi"}, account_id="acct-1")``."""
-        return await self._call(
-            lambda: self._client.identify(
-                user_id,
-                traits,
-                account_id=account_id,
-                organization_id=organization_id,
-                timestamp=timestamp,
-                message_id=message_id,
-            )
-        )
-
-    async def track(
-        self,
-        user_id: Any = None,
-        event: Optional[str] = None,
-        properties: Optional[Message] = None,
-        *,
-        account_id: Any = None,
-        organization_id: Any = None,
-        timestamp: Optional[datetime] = None,
-        message_id: Optional[str] = None,
-    ) -> Result:
-        """As ``Client.track``: ``await client.track("32", "scored-goal", {"minute": 14})``."""
-        return await self._call(
-            lambda: self._client.track(
-                user_id,
-                event,
-                properties,
-                account_id=account_id,
-                organization_id=organization_id,
-                timestamp=timestamp,
-                message_id=message_id,
-            )
-        )
-
-    async def unlink(
-        self,
-        user_id: Any,
-        account_id: Any,
-        *,
-        timestamp: Optional[datetime] = None,
-        message_id: Optional[str] = None,
-    ) -> Result:
-        """As ``Client.unlink``: ``await client.unlink("32", "acct-1")``."""
-        return await self._call(
-            lambda: self._client.unlink(user_id, account_id, timestamp=timestamp, message_id=message_id)
-        )
-
-    async def custom_object_instance(
-        self,
-        external_id: Any,
-        custom_object_id: Any,
-        traits: Optional[Message] = None,
-        *,
-        name: Optional[str] = None,
-        account_id: Any = None,
-        organization_id: Any = None,
-        timestamp: Optional[datetime] = None,
-        message_id: Optional[str] = None,
-    ) -> Result:
-        """As ``Client.custom_object_instance``: ``await client.custom_object_instance("deal-9", "co-123")``."""
-        return await self._call(
-            lambda: self._client.custom_object_instance(
-                external_id,
-                custom_object_id,
-                traits,
-                name=name,
-                account_id=account_id,
-                organization_id=organization_id,
-                timestamp=timestamp,
-                message_id=message_id,
-            )
-        )
-
-    async def enqueue(self, message: Mapping[str, Any]) -> Result:
-        """As ``Client.enqueue``: ``await client.enqueue({"type": "track", "userId": "32", "event": "e"})``."""
-        return await self._call(lambda: self._client.enqueue(message))
+    # The message methods: Client's, as coroutines, with Client's signatures and docstrings.
+    organization = _coroutine(Client.organization)
+    group = _coroutine(Client.group)
+    identify = _coroutine(Client.identify)
+    track = _coroutine(Client.track)
+    unlink = _coroutine(Client.unlink)
+    custom_object_instance = _coroutine(Client.custom_object_instance)
+    enqueue = _coroutine(Client.enqueue)
 
     async def flush(self, timeout: Optional[float] = None) -> bool:
         """Wait, off the loop, until every message queued before the call was sent or failed.
