@@ -440,7 +440,7 @@ class Spool:
             pending += segment.records - segment.acked
             segment.close(keep=end if segment is active else None, durable=self.fsync)
         if pending:
-            log.info("spool %s: %d message(s) left for a later process to send", self.directory, pending)
+            log.warning("spool %s: %d message(s) left for a later process to send", self.directory, pending)
         return pending
 
     # Inside. --------------------------------------------------------------------------

@@ -41,12 +41,13 @@ WRITER = """
 """
 
 
-def write_and_die(spool: Path, ids: Path, host: str, count: int, ending: str, interval: float = 60) -> None:
+def write_and_die(spool: Path, ids: Path, host: str, count: int, ending: str, interval: float = 60) -> str:
     code = WRITER.format(
         token=TOKEN, host=host, spool=str(spool), interval=interval, ids=str(ids), count=count, ending=ending
     )
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60)
     assert done.returncode in (0, -signal.SIGKILL, -signal.SIGTERM), done.stderr[-2000:]
+    return done.stderr
 
 
 def accepted(ids: Path) -> List[str]:
@@ -129,8 +130,9 @@ def test_at_exit_with_vitally_down_what_is_left_stays_for_the_next_process(
     tmp_path: Path, receiver: Receiver, make_client: MakeClient
 ) -> None:
     spool, ids = tmp_path / "spool", tmp_path / "ids"
-    write_and_die(spool, ids, "http://127.0.0.1:9", 200, "", interval=0.01)  # port 9: nothing listens
+    log = write_and_die(spool, ids, "http://127.0.0.1:9", 200, "", interval=0.01)  # port 9: nothing listens
     assert inspect(spool).pending == 200
+    assert "200 message(s) left for a later process to send" in log and "lost" not in log
     delivered_by_a_new_process(receiver, spool, accepted(ids), make_client)
 
 
