@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any, Callable, Iterator, List
 
 import pytest
@@ -14,6 +15,8 @@ from analytics_vitally.settings import SETTING_NAMES, Settings
 from analytics_vitally.testing import Receiver
 
 TOKEN = "test-token"
+COMMAND = str(Path(sys.executable).with_name("analytics-vitally"))
+"""The installed command line, beside this interpreter (its venv's bin need not be on PATH)."""
 MakeClient = Callable[..., Client]
 
 

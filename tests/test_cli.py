@@ -25,9 +25,10 @@ from dateutil.parser import isoparse
 from analytics_vitally.encoding import format_timestamp
 from analytics_vitally.testing import Receiver, Reply, Request
 
+from .conftest import COMMAND
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "examples" / "events.jsonl"
-COMMAND = str(Path(sys.executable).with_name("analytics-vitally"))
 TOKEN = "test-token"
 SUMMARY = re.compile(r"read (\d+), sent (\d+).*, rejected (\d+).*, skipped (\d+)")
 

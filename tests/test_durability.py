@@ -22,7 +22,7 @@ from analytics_vitally import Client
 from analytics_vitally.spool import DEAD_LETTER, inspect
 from analytics_vitally.testing import Receiver, Reply
 
-from .conftest import TOKEN, MakeClient
+from .conftest import COMMAND, TOKEN, MakeClient
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the spool needs flock and shared maps")
 
@@ -54,7 +54,9 @@ def accepted(ids: Path) -> List[str]:
     return ids.read_text().split() if ids.exists() else []
 
 
-def delivered_by_a_new_process(receiver: Receiver, spool: Path, expected: List[str], make: MakeClient) -> None:
+def delivered_by_a_new_process(
+    receiver: Receiver, spool: Path, expected: List[str], make: MakeClient, unrecorded: int = 0
+) -> None:
     """Every accepted call arrives (before the kill, or from the spool after it) under its original messageId."""
     make(spool=str(spool))  # no call: leftovers are sent as soon as the client is made
     deadline = time.monotonic() + 30
@@ -62,7 +64,9 @@ def delivered_by_a_new_process(receiver: Receiver, spool: Path, expected: List[s
         missing = len(set(expected) - set(receiver.message_ids()))
         assert time.monotonic() < deadline, f"{missing} of {len(expected)} accepted messages never arrived"
         time.sleep(0.02)
-    assert set(receiver.message_ids()) <= set(expected)  # nothing under a new ID
+    # Nothing under a new ID. A writer killed between a call's return and writing its ID down leaves
+    # one accepted message whose ID the test never saw: ``unrecorded`` allows one per random kill.
+    assert len(set(receiver.message_ids()) - set(expected)) <= unrecorded
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
@@ -92,7 +96,7 @@ def test_sigkill_at_random_moments_loses_no_accepted_call(
         writer.wait(10)
     expected = accepted(ids)
     # A call that returned wrote its ID after the spool held the message: every ID written must arrive.
-    delivered_by_a_new_process(receiver, spool, expected, make_client)
+    delivered_by_a_new_process(receiver, spool, expected, make_client, unrecorded=3)
 
 
 def test_three_writers_killed_together_one_new_process_sends_all(
@@ -161,7 +165,7 @@ def test_the_dead_letters_import_again(tmp_path: Path, receiver: Receiver, make_
     receiver.respond = None
     done = subprocess.run(
         [
-            "analytics-vitally",
+            COMMAND,
             "import",
             "--host",
             receiver.url,
@@ -204,11 +208,11 @@ def test_failures_that_may_pass_stay_in_the_spool_not_in_on_error(
 def test_the_spool_command(tmp_path: Path, receiver: Receiver) -> None:
     spool, ids = tmp_path / "spool", tmp_path / "ids"
     write_and_die(spool, ids, receiver.url, 50, "os.kill(os.getpid(), signal.SIGKILL)")
-    shown = subprocess.run(["analytics-vitally", "spool", str(spool)], capture_output=True, text=True, timeout=60)
+    shown = subprocess.run([COMMAND, "spool", str(spool)], capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.splitlines()[0] == "50 messages pending"
     sent = subprocess.run(
-        ["analytics-vitally", "spool", "--send", "--host", receiver.url, "--write-key", TOKEN, str(spool)],
+        [COMMAND, "spool", "--send", "--host", receiver.url, "--write-key", TOKEN, str(spool)],
         capture_output=True,
         text=True,
         timeout=60,
