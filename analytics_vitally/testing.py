@@ -25,7 +25,6 @@ import socket
 import struct
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO, Any, Callable, Dict, List, Optional
@@ -125,14 +124,8 @@ class Receiver:
 
     def wait_for(self, count: int, timeout: float = 10.0) -> bool:
         """Wait until at least ``count`` messages were accepted; False if ``timeout`` passed first."""
-        deadline = time.monotonic() + timeout
         with self._lock:
-            while len(self.messages) < count:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._lock.wait(remaining)
-        return True
+            return self._lock.wait_for(lambda: len(self.messages) >= count, timeout)
 
     def message_ids(self) -> List[str]:
         """The messageId of every accepted message, duplicates included."""

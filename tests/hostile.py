@@ -184,14 +184,8 @@ class HostileServer:
 
     def wait_for_requests(self, count: int, timeout: float = 10.0) -> bool:
         """Wait until ``count`` requests arrived; False if ``timeout`` passed first."""
-        deadline = time.monotonic() + timeout
         with self._lock:
-            while len(self.requests) < count:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._lock.wait(remaining)
-        return True
+            return self._lock.wait_for(lambda: len(self.requests) >= count, timeout)
 
     def message_ids(self) -> List[str]:
         with self._lock:
