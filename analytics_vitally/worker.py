@@ -305,15 +305,12 @@ class Worker:
                 remaining = _LIVENESS_CHECK if deadline is None else deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                batch: Optional[List[str]] = None
+                batch = None
                 if not any(thread.is_alive() for thread in self._threads) and not self._start_locked():
                     # No thread can run (interpreter shutdown): deliver on this thread, unlocked.
                     self._flush_to = max(self._flush_to, self._taken + len(self._pending))
                     batch = self._take()
-                    if batch is None:
-                        self._cond.wait(min(remaining, _LIVENESS_CHECK))
-                        continue
-                else:
+                if batch is None:
                     self._cond.wait(min(remaining, _LIVENESS_CHECK))
                     continue
                 start = self._taken - len(batch)
