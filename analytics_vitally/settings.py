@@ -6,12 +6,13 @@ both fill this dataclass; defaults, environment fallbacks and checks live here.
 
 from __future__ import annotations
 
+import collections.abc
 import ipaddress
 import logging
 import os
 import re
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union, get_args, get_origin, get_type_hints
 
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
@@ -148,30 +149,22 @@ MAX_SECONDS = 86_400.0
 MAX_THREADS = 64
 """``thread`` at most: more requests in flight than this only adds load on Vitally."""
 
+
+def _accepted(hint: Any) -> Optional[Tuple[type, ...]]:
+    """The classes a field's annotation admits, for isinstance; None for a callable (checked apart)."""
+    kinds: List[type] = []
+    for arg in get_args(hint) if get_origin(hint) is Union else (hint,):
+        origin = get_origin(arg) or arg
+        if origin is collections.abc.Callable:
+            return None
+        kinds += [origin, int] if origin is float else [origin]  # 10 is a fine number of seconds
+    return tuple(kinds)
+
+
 _TYPES: Dict[str, Tuple[type, ...]] = {
-    "write_key": (str, type(None)),
-    "subdomain": (str, type(None)),
-    "host": (str, type(None)),
-    "debug": (bool,),
-    "log_handler": (logging.Handler, type(None)),
-    "send": (bool,),
-    "sync_mode": (bool,),
-    "max_queue_size": (int,),
-    "upload_size": (int,),
-    "upload_interval": (int, float),
-    "max_retries": (int,),
-    "max_retry_time": (int, float),
-    "retry_wait": (int, float),
-    "timeout": (int, float),
-    "proxies": (dict, type(None)),
-    "thread": (int,),
-    "gzip": (bool,),
-    "max_batch_bytes": (int,),
-    "exit_timeout": (int, float),
-    "spool": (str, type(None)),
-    "spool_fsync": (bool,),
-    "max_spool_bytes": (int,),
+    name: kinds for name, hint in get_type_hints(Settings).items() if (kinds := _accepted(hint)) is not None
 }
+"""Each setting's accepted types, read from the annotations of ``Settings``."""
 _INT_RANGES = {
     "upload_size": (1, MAX_BATCH_MESSAGES),
     "max_queue_size": (1, 10**9),
