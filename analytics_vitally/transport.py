@@ -389,9 +389,7 @@ class _Redactor:
 
     def __init__(self, secret: str) -> None:
         texts = {secret, json.dumps(secret)[1:-1], repr(secret)[1:-1]}
-        raw = {secret.encode("utf-8"), json.dumps(secret).encode()[1:-1]}
-        with contextlib.suppress(UnicodeEncodeError):
-            raw.add(secret.encode("latin-1"))  # how it went out in the header
+        raw = {secret.encode(), json.dumps(secret).encode()[1:-1]}  # settings allow printable ASCII keys only
         texts.update(repr(form)[2:-1] for form in list(raw))  # as shown inside a bytes repr
         self._texts = sorted((form for form in texts if form), key=len, reverse=True)
         self._raw = sorted((form for form in raw if form), key=len, reverse=True)
