@@ -284,7 +284,8 @@ def test_calls_never_wait_on_the_network(make_client: MakeClient, stalled: threa
 def test_flush_is_bounded_when_the_server_is_down(make_client: MakeClient) -> None:
     with Receiver() as gone:
         url = gone.url
-    client = make_client(host=url, **FAST)
+    # retries cannot run out within the second: full jitter could otherwise end ten short waits early
+    client = make_client(host=url, max_retries=10**6, **FAST)
     send(client, 10)
     started = time.monotonic()
     assert client.flush(timeout=1) is False
