@@ -114,12 +114,14 @@ def breakdown(calls: int, port: int) -> None:
     from uuid import uuid4
 
     import requests
+    import urllib3
 
     from analytics_vitally import Client
     from analytics_vitally import client as client_module
     from analytics_vitally.encoding import encode, now_timestamp
     from analytics_vitally.messages import check, normalize_ids, parameter
     from analytics_vitally.settings import Settings
+    from analytics_vitally.transport import Transport
     from analytics_vitally.worker import Outcome, Worker
 
     new_id: Callable[[], str] = getattr(client_module, "_new_message_id", lambda: str(uuid4()))
@@ -170,6 +172,8 @@ def breakdown(calls: int, port: int) -> None:
     headers = {"Authorization": f"Basic {WRITE_KEY}", "Content-Type": "application/json"}
     session = requests.Session()
     session.headers.update(headers)
+    pool = urllib3.HTTPConnectionPool(LOOPBACK, port, maxsize=1)
+    transport = Transport(Settings(write_key=WRITE_KEY, host=f"http://{LOOPBACK}:{port}").resolved())
     connection = http.client.HTTPConnection(LOOPBACK, port)
     raw = socket.create_connection((LOOPBACK, port))
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -179,18 +183,25 @@ def breakdown(calls: int, port: int) -> None:
         raw.sendall(request)
         raw.recv(4096)
 
+    def post_urllib3() -> None:
+        response = pool.urlopen("POST", "/analytics/v1/batch", body=body, headers=headers, preload_content=False)
+        response.read(4097)
+        response.release_conn()
+
     def post_http_client() -> None:
         connection.request("POST", "/analytics/v1/batch", body, headers)
         connection.getresponse().read()
 
     batch_steps: Dict[str, Callable[[], Any]] = {
         "join 100 encoded messages + .encode()": lambda: ("[" + ",".join(items) + "]").encode(),
-        "requests.Session.post (as transport.py does)": lambda: session.post(url, data=body, timeout=10),
+        "Transport.deliver (the worker's whole path)": lambda: transport.deliver(items),
+        "requests.Session.post": lambda: session.post(url, data=body, timeout=10),
+        "urllib3 pool.urlopen (how the transport posted before)": post_urllib3,
         "http.client request + getresponse().read()": post_http_client,
         "raw socket sendall + recv": post_raw,
     }
     print(f"worker: one batch of 100 ({len(body):,} bytes) to the receiver, no other thread running:")
-    print(f"  {'':48} {'CPU µs':>8} {'wall µs':>8}")
+    print(f"  {'':64} {'CPU µs':>8} {'wall µs':>8}")
     for label, step in batch_steps.items():
         for _ in range(50):
             step()
@@ -201,10 +212,11 @@ def breakdown(calls: int, port: int) -> None:
             step()
         cpu = (time.thread_time() - cpu_started) / rounds * 1e6
         wall = (time.perf_counter() - wall_started) / rounds * 1e6
-        print(f"  {label:48} {cpu:8.1f} {wall:8.1f}")
+        print(f"  {label:64} {cpu:8.1f} {wall:8.1f}")
     raw.close()
     connection.close()
     session.close()
+    pool.close()
 
 
 def _timings(timings: Dict[str, float], calls: int) -> str:

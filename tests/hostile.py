@@ -39,6 +39,7 @@ __all__ = [
     "huge_body",
     "never_answer",
     "ok",
+    "ok_then_close",
     "reply",
     "trickle_body",
     "trickle_headers",
@@ -146,6 +147,8 @@ class HostileServer:
         self.stopped = threading.Event()
         self.connections = 0
         """Connections accepted so far."""
+        self.closed = 0
+        """Connections this server closed (or saw closed) so far."""
         self.requests: List[RawRequest] = []
         self.messages: List[Dict[str, Any]] = []
         """Messages of the batches answered 200 by ``ok``, duplicates included."""
@@ -186,6 +189,11 @@ class HostileServer:
         """Wait until ``count`` requests arrived; False if ``timeout`` passed first."""
         with self._lock:
             return self._lock.wait_for(lambda: len(self.requests) >= count, timeout)
+
+    def wait_for_closed(self, count: int, timeout: float = 10.0) -> bool:
+        """Wait until ``count`` connections were closed; False if ``timeout`` passed first."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self.closed >= count, timeout)
 
     def message_ids(self) -> List[str]:
         with self._lock:
@@ -230,11 +238,13 @@ class HostileServer:
         except OSError:
             pass  # the TLS handshake failed
         finally:
+            peer.sock.close()
+            sock.close()
             with self._lock:
                 if sock in self._peers:
                     self._peers.remove(sock)
-            peer.sock.close()
-            sock.close()
+                self.closed += 1
+                self._lock.notify_all()
 
 
 # A self-signed certificate for 127.0.0.1 (valid until 2126), for HTTPS tests only; its key is public.
@@ -292,6 +302,12 @@ def ok(peer: Peer, request: RawRequest) -> bool:
         peer.server.messages.extend(request.messages())
     body = b'{"message":"Success."}'
     return peer.send(head(200, {"Content-Type": "application/json", "Content-Length": str(len(body))}) + body)
+
+
+def ok_then_close(peer: Peer, request: RawRequest) -> bool:
+    """``ok``, then the connection is closed without a word, as a server ending an idle keep-alive does."""
+    ok(peer, request)
+    return False
 
 
 def reply(status: int, body: bytes = b"", headers: Optional[Dict[str, str]] = None) -> Answer:

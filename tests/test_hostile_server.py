@@ -28,6 +28,7 @@ from .hostile import (
     huge_body,
     never_answer,
     ok,
+    ok_then_close,
     reply,
     trickle_body,
     trickle_headers,
@@ -132,6 +133,68 @@ def test_sequential_batches_share_one_connection(
     assert len(server.requests) == 21  # the 503 answer was read whole: its connection was kept too
     assert server.connections == 1
     assert len(set(server.message_ids())) == 20
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_batches_over_one_kept_alive_connection_arrive_whole(
+    serve: Callable[..., HostileServer], clients: Callable[..., Client], tls: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certificate_file())
+    server = serve(ok, tls=tls)
+    client = clients(host=server.url, gzip=True)
+    for i in range(5):
+        send(client, 3)
+        assert client.flush(timeout=10), i
+    assert server.connections == 1
+    assert len(server.requests) == 5 and len(set(server.message_ids())) == 15
+    first_request = server.requests[0]
+    assert first_request.head.startswith(b"POST /analytics/v1/batch HTTP/1.1\r\n")
+    assert first_request.headers["authorization"] == f"Basic {TOKEN}"
+    assert first_request.headers["host"] == server.url.split("//")[1]
+    assert first_request.headers["content-length"] == str(len(first_request.body))
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_a_connection_the_server_closed_while_idle_is_replaced_without_a_retry(
+    serve: Callable[..., HostileServer], clients: Callable[..., Client], tls: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certificate_file())
+    server = serve(ok_then_close, tls=tls)
+    errors: Errors = []
+    client = clients(host=server.url, on_error=collect(errors), retry_wait=5)
+    for batch in range(3):
+        send(client, 2)
+        assert client.flush(timeout=10)
+        assert server.wait_for_closed(batch + 1)  # closed while the client's connection sits idle
+    assert errors == [] and client.stats().retried == 0
+    assert server.connections == 3 and len(server.message_ids()) == 6
+
+
+@pytest.mark.parametrize(
+    ("host", "trusted"),
+    [("127.0.0.1", False), ("localhost", True)],
+    ids=["certificate not trusted", "name not in the certificate"],
+)
+def test_an_unverified_https_server_gets_no_messages(
+    serve: Callable[..., HostileServer],
+    clients: Callable[..., Client],
+    host: str,
+    trusted: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if trusted:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", certificate_file())
+    else:
+        monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+        monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    server = serve(ok, tls=True)
+    errors: Errors = []
+    client = clients(host=f"https://{host}:{server.port}", on_error=collect(errors), max_retries=0)
+    send(client, 2)
+    assert client.flush(timeout=10)
+    ((error, messages),) = errors
+    assert "CERTIFICATE_VERIFY_FAILED" in str(error) and len(messages) == 2
+    assert server.requests == []
 
 
 RSS_SCRIPT = """
