@@ -55,7 +55,7 @@ class Client:
             if chosen.spool is not None and chosen.send
             else None
         )
-        self._worker = Worker(self._transport.deliver, self.settings, self._spool)
+        self._worker = Worker(self._transport.deliver, self.settings, self._spool, self._transport.release)
         self._max_message_bytes = self.settings.max_batch_bytes - 2
         self._dispatch: Callable[[str], bool] = (
             _not_sent

@@ -150,6 +150,13 @@ class Transport:
         self._pause_status: Optional[int] = None
         self.retries = 0
 
+    def release(self) -> None:
+        """Close the calling thread's connection (a worker thread calls this as it ends)."""
+        lane: Optional[_Lane] = getattr(self._local, "lane", None)
+        if lane is not None:
+            self._local.lane = None
+            lane.close()
+
     def abort(self) -> None:
         """Stop waiting between retries and end requests in flight; what is undelivered fails at once."""
         self._aborted.set()

@@ -103,9 +103,15 @@ class Worker:
     """
 
     def __init__(
-        self, deliver: Callable[[List[str]], Outcome], settings: Settings, spool: Optional[Spool] = None
+        self,
+        deliver: Callable[[List[str]], Outcome],
+        settings: Settings,
+        spool: Optional[Spool] = None,
+        thread_ended: Optional[Callable[[], None]] = None,
     ) -> None:
         self._deliver = deliver
+        self._thread_ended = thread_ended
+        """Called on each worker thread as it ends (the transport closes that thread's connection)."""
         self._spool = spool
         self._size = settings.upload_size
         self._interval = settings.upload_interval
@@ -384,6 +390,13 @@ class Worker:
         return max(0.0, self._oldest + self._interval - time.monotonic())
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            if self._thread_ended is not None:
+                self._thread_ended()
+
+    def _loop(self) -> None:
         me = threading.current_thread()
         while True:
             if self._spool is not None:

@@ -170,6 +170,25 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_without_a_retry(
     assert server.connections == 3 and len(server.message_ids()) == 6
 
 
+@pytest.mark.parametrize("answer", [ok, reply(500)], ids=["delivered", "failed"])
+def test_a_worker_thread_closes_its_connection_as_it_ends(serve: Callable[..., HostileServer], answer: Answer) -> None:
+    server = serve(answer)
+    script = f"""
+        import gc, warnings
+        warnings.simplefilter("always", ResourceWarning)
+        from analytics_vitally import Client
+        client = Client("key", host={server.url!r}, max_retries=0, on_error=lambda error, messages: None)
+        client.track("u", "e")
+        assert client.shutdown(timeout=10)
+        gc.collect()
+        print("stopped")
+    """
+    result = run_script(script)
+    assert result.returncode == 0 and "stopped" in result.stdout, result.stderr
+    assert "unclosed" not in result.stderr  # closed by the thread, not left to the garbage collector
+    assert server.wait_for_closed(1) and len(server.requests) == 1
+
+
 @pytest.mark.parametrize(
     ("host", "trusted"),
     [("127.0.0.1", False), ("localhost", True)],
