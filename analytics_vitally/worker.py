@@ -259,9 +259,10 @@ class Worker:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             self._stopping = True
+            stopping = list(self._threads)  # a thread leaves the list before it ends (thread_ended runs after)
             self._cond.notify_all()
         drained = self.flush(timeout)
-        for thread in list(self._threads):
+        for thread in stopping + [thread for thread in self._threads if thread not in stopping]:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return drained
 
@@ -394,7 +395,10 @@ class Worker:
             self._loop()
         finally:
             if self._thread_ended is not None:
-                self._thread_ended()
+                try:
+                    self._thread_ended()
+                except Exception:
+                    log.exception("closing a worker thread's connection raised")
 
     def _loop(self) -> None:
         me = threading.current_thread()

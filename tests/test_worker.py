@@ -235,3 +235,17 @@ def test_send_now_sends_what_is_queued_without_waiting(make_worker: Callable[...
     deliver.entered.wait(10)
     deliver.gate.set()
     wait_until(lambda: deliver.delivered == ['"a"'], timeout=5)  # long before the 60 s interval
+
+
+def test_shutdown_returns_once_the_threads_have_ended(deliver: Recorder) -> None:
+    ended: List[threading.Thread] = []
+
+    def thread_ended() -> None:
+        time.sleep(0.1)  # a slow goodbye (closing a TLS connection), after the thread left the list
+        ended.append(threading.current_thread())
+
+    worker = Worker(deliver, Settings(send=False, upload_interval=60), thread_ended=thread_ended)
+    assert worker.put('"a"')
+    assert worker.shutdown(timeout=10)
+    assert deliver.delivered == ['"a"'] and len(ended) == 1
+    assert not ended[0].is_alive()
