@@ -107,7 +107,6 @@ class Transport:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._url = settings.url
-        self._path = urllib3.util.parse_url(self._url).request_uri
         self._on_error = settings.on_error
         self._keeps_for_later = settings.spool is not None and settings.send
         """With a spool, messages that failed for a reason that may pass stay in it instead of being reported."""
@@ -392,7 +391,11 @@ class _DirectLane:
                 _watchdog.attach(self._handle)
             sock.sendall(b"%s%d\r\n\r\n%s" % (self._head, len(body), body))
             response = http.client.HTTPResponse(sock, method="POST")
-            response.begin()
+            try:
+                response.begin()
+            except BaseException:
+                response.close()  # its file holds the socket open until closed
+                raise
         except BaseException:
             self.close()
             raise
@@ -417,19 +420,19 @@ class _DirectLane:
             data = response.read(ANSWER_LIMIT + 1)
             if len(data) <= ANSWER_LIMIT and not response.isclosed():  # a short read: one more shows the end
                 data += response.read(ANSWER_LIMIT + 1 - len(data))
+            if len(data) > ANSWER_LIMIT:
+                self.close()
+                return data[:ANSWER_LIMIT], True
+            if response.length:  # the connection ended before the Content-Length did
+                raise IncompleteRead(data, response.length)
+            if response.will_close:
+                self.close()
+            return data, False
         except BaseException:
             self.close()
             raise
-        if len(data) > ANSWER_LIMIT:
-            self.close()
-            return data[:ANSWER_LIMIT], True
-        if response.length:  # the connection ended before the Content-Length did
-            self.close()
-            raise IncompleteRead(data, response.length)
-        if response.will_close:
-            self.close()
-        response.close()
-        return data, False
+        finally:
+            response.close()  # its file holds the socket open until closed
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
