@@ -70,7 +70,11 @@ class Server:
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Send ``signum`` to the main process only, and wait for it to exit."""
         self.process.send_signal(signum)
-        return self.process.wait(timeout)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            output = self.output()
+            raise AssertionError(f"still running {timeout}s after signal {signum}; its output:\n{output}") from None
 
     def kill(self) -> None:
         """End the whole session (workers, pool processes) if anything is left."""
@@ -149,11 +153,15 @@ def gunicorn_options() -> List[str]:
 
 @pytest.mark.parametrize("preload", [False, True], ids=["fork-then-import", "preload"])
 def test_gunicorn_workers_deliver_every_request_at_sigterm(
-    start_server: StartServer, listener: socket.socket, receiver: Receiver, preload: bool
+    start_server: StartServer, listener: socket.socket, receiver: Receiver, preload: bool, tmp_path: Path
 ) -> None:
     pytest.importorskip("gunicorn")
-    argv = ["gunicorn", "--workers", "2", "--bind", f"fd://{listener.fileno()}", *gunicorn_options()]
-    argv += ["--preload"] if preload else []
+    # Each worker says when its signal handlers are set: gunicorn (27) sends SIGTERM to its workers
+    # once, and a worker still booting would miss it and keep the master waiting graceful_timeout.
+    ready = tmp_path / "gunicorn_ready.py"
+    ready.write_text("def post_worker_init(worker):\n    print('worker ready', worker.pid, flush=True)\n")
+    argv = ["gunicorn", "--workers", "2", "--bind", f"fd://{listener.fileno()}", "--config", str(ready)]
+    argv += [*gunicorn_options(), *(["--preload"] if preload else [])]
     server = start_server(
         f"""
         import sys
@@ -165,6 +173,7 @@ def test_gunicorn_workers_deliver_every_request_at_sigterm(
     )
     port = listener.getsockname()[1]
     answers = requests_in_parallel([f"http://127.0.0.1:{port}/user-{n}" for n in range(40)])
+    server.wait_for_output(r"(worker ready \d+[\s\S]*){2}")
     assert server.stop(signal.SIGTERM) == 0, server.output()
     assert all(answer["queued"] for answer in answers)
     assert_delivered_once(receiver, [answer["messageId"] for answer in answers])
