@@ -262,7 +262,9 @@ class Worker:
             stopping = list(self._threads)  # a thread leaves the list before it ends (thread_ended runs after)
             self._cond.notify_all()
         drained = self.flush(timeout)
-        for thread in stopping + [thread for thread in self._threads if thread not in stopping]:
+        # Once drained, a thread on the list but not in the snapshot was started for newer messages: not ours.
+        later = [] if drained else [thread for thread in self._threads if thread not in stopping]
+        for thread in stopping + later:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return drained
 
