@@ -119,8 +119,6 @@ class Transport:
             self._headers["Content-Encoding"] = "gzip"
         self._environment = _environment_settings(self._url, settings.proxies)
         self._proxied = select_proxy(self._url, self._environment["proxies"]) is not None
-        # Every batch is the same POST but for its body: prepared once, copied per request.
-        self._template = requests.Request("POST", self._url, headers=self._headers).prepare()
         self._redact = _Redactor(settings.write_key or "")
         self.reset_after_fork()
 
@@ -132,7 +130,7 @@ class Transport:
         lane: Optional[_Lane] = getattr(self._local, "lane", None)
         if lane is None:
             if self._proxied:
-                lane = _ProxiedLane(self._template, self._environment)
+                lane = _ProxiedLane(self._url, self._headers, self._environment)
             else:
                 lane = _DirectLane(self._url, self._headers, self._environment["verify"])
             self._local.lane = lane
@@ -459,8 +457,9 @@ def _tls_context(verify: Union[bool, str]) -> ssl.SSLContext:
 class _ProxiedLane:
     """Through a proxy: requests' adapter, which knows a proxy's ways (CONNECT, its headers)."""
 
-    def __init__(self, template: requests.PreparedRequest, environment: Dict[str, Any]) -> None:
-        self._template = template
+    def __init__(self, url: str, headers: Dict[str, str], environment: Dict[str, Any]) -> None:
+        # Every batch is the same POST but for its body: prepared once, copied per request.
+        self._template = requests.Request("POST", url, headers=headers).prepare()
         self._environment = environment
         self._adapter = _WatchedAdapter()
 
