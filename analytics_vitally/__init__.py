@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
@@ -29,6 +28,7 @@ from .errors import (
     InvalidMessageError,
     InvalidTypeError,
 )
+from .lifecycle import PerProcess
 from .settings import SETTING_NAMES, ErrorCallback, Settings
 from .version import VERSION
 from .worker import Stats
@@ -71,7 +71,7 @@ spool_fsync: bool = _defaults.spool_fsync
 max_spool_bytes: int = _defaults.max_spool_bytes
 
 _default_client: Optional[Client] = None
-_default_lock = threading.Lock()
+_default_lock = PerProcess(threading.Lock)  # made at first use: after a fork, and after gevent's patch_all()
 
 
 def default_client() -> Client:
@@ -79,7 +79,7 @@ def default_client() -> Client:
     global _default_client
     client = _default_client
     if client is None:
-        with _default_lock:
+        with _default_lock.get():
             if _default_client is None:
                 module = globals()
                 _default_client = Client(**{name: module[name] for name in SETTING_NAMES})
@@ -101,7 +101,7 @@ def configure(**settings: Any) -> Client:
         raise TypeError(f"configure() got unknown setting(s): {', '.join(unknown)}")
     module = globals()
     client = Client(**{name: settings.get(name, module[name]) for name in SETTING_NAMES})
-    with _default_lock:
+    with _default_lock.get():
         module.update(settings)
         previous, _default_client = _default_client, client
     if previous is not None:
@@ -158,13 +158,6 @@ def stats() -> Stats:
     return Stats() if _default_client is None else _default_client.stats()
 
 
-def _new_lock_in_child() -> None:
-    global _default_lock
-    _default_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 def __getattr__(name: str) -> Any:
     """``AsyncClient`` and ``flush_after`` need asyncio: loaded at first use, not with the package."""

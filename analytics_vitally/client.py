@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
-import random
-import sys
-import threading
-import time
 import weakref
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from uuid import UUID
 
+from . import lifecycle
 from .encoding import encode, format_timestamp, now_timestamp
 from .errors import InvalidMessageError, InvalidTypeError
 from .messages import MAX_BATCH_MESSAGES, complete, normalize_ids, parameter, problems, wire_field
@@ -29,8 +25,6 @@ Message = Dict[str, Any]
 Result = Tuple[bool, Message]
 """``(queued, message)``: whether the message was accepted, and the message dict that was checked and
 encoded (wire field names; values inside traits and properties as given, such as a Decimal)."""
-
-_clients: weakref.WeakSet[Client] = weakref.WeakSet()
 
 
 class Client:
@@ -55,7 +49,9 @@ class Client:
             if chosen.spool is not None and chosen.send
             else None
         )
-        self._worker = Worker(self._transport.deliver, self.settings, self._spool, self._transport.release)
+        self._worker = Worker(
+            self._transport.deliver, self.settings, self._spool, self._transport.release, self._transport.abort
+        )
         self._max_message_bytes = self.settings.max_batch_bytes - 2
         self._dispatch: Callable[[str], bool] = (
             _not_sent
@@ -65,7 +61,9 @@ class Client:
             else self._worker.put
         )
         _configure_logging(self.settings)
-        _clients.add(self)
+        # Dropped by the program: the worker delivers what is left, then ends its threads and lets go
+        # of its connections and spool files (the lifecycle module keeps it until then).
+        weakref.finalize(self, self._worker.retire).atexit = False
         if self._spool is not None:
             self._worker.start()  # what earlier processes left is sent now, with no call needed
 
@@ -235,16 +233,16 @@ class Client:
         datetime) is sent in Vitally's UTC form; none is added when absent (Vitally then
         dates the message when it arrives).
         """
-        if _pid != _getpid():
-            _notice_fork()
+        if _process.pid != _getpid():  # a fork that skipped the at-fork hooks (uWSGI forks from C)
+            lifecycle.check_fork()
         filled = complete(message)
         if "messageId" not in filled:
             filled["messageId"] = _new_message_id()
         return self._enqueue(filled, wire_field)
 
     def _submit(self, fields: Message, timestamp: Optional[datetime], message_id: Optional[str]) -> Result:
-        if _pid != _getpid():  # a fork that skipped the at-fork hooks (uWSGI forks from C)
-            _notice_fork()
+        if _process.pid != _getpid():  # a fork that skipped the at-fork hooks (uWSGI forks from C)
+            lifecycle.check_fork()
         message = {key: value for key, value in fields.items() if value is not None}
         message["messageId"] = _new_message_id() if message_id is None else _message_id(message_id)
         message["timestamp"] = now_timestamp() if timestamp is None else _timestamp(timestamp)
@@ -306,12 +304,6 @@ class Client:
         """A snapshot of the counters: enqueued, sent, failed, dropped, retried, batches, queue_depth."""
         return replace(self._worker.stats(), retried=self._transport.retries)  # counted as they happen
 
-    def _after_fork_in_child(self) -> None:
-        self._worker.reset_after_fork()
-        self._transport.reset_after_fork()
-        if self._spool is not None:
-            self._spool.reset_after_fork()  # the child writes files of its own, never its parent's
-
 
 def send_leftovers(directory: str, **settings: Any) -> Tuple[int, int, int]:
     """Deliver what processes that are gone left in the spool ``directory``; ``(sent, refused, kept)``.
@@ -339,7 +331,7 @@ def send_leftovers(directory: str, **settings: Any) -> Tuple[int, int, int]:
         spool.close()
 
 
-_random = random.Random()  # seeded from os.urandom; private, so random.seed() in the app can't repeat IDs
+_random = lifecycle.message_ids  # seeded again in a forked child
 _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
@@ -394,71 +386,7 @@ def _configure_logging(settings: Settings) -> None:
 
 
 _getpid = os.getpid
-_pid = _getpid()
-"""The process the clients' queues, threads and message IDs belong to."""
-_fork_lock = threading.Lock()
+_process = lifecycle.PROCESS
 
-
-def _notice_fork() -> None:
-    """What the at-fork hook does, for a fork that did not run it: seen at the first call in the child."""
-    with _fork_lock:
-        if _pid != _getpid():
-            log.debug("forked without Python's fork hooks (uWSGI?): fresh queues, threads and message IDs")
-            _after_fork_in_child()
-
-
-def _after_fork_in_child() -> None:
-    global _pid
-    _pid = _getpid()
-    _random.seed()  # the child must not make the parent's message IDs
-    for client in list(_clients):
-        client._after_fork_in_child()
-    _drain_in_multiprocessing_child()
-
-
-def _drain_at_exit() -> None:
-    """Deliver what every client holds, within the largest exit_timeout; report or count the rest."""
-    clients = list(_clients)
-    if not clients:
-        return
-    deadline = time.monotonic() + max(client.settings.exit_timeout for client in clients)
-    for client in clients:
-        remaining = max(0.0, deadline - time.monotonic())
-        lost = client._worker.close(remaining, client._transport.abort)
-        if client._spool is not None:
-            client._spool.close()  # what is left stays on disk for the next process (the spool logs how many)
-        elif lost:
-            log.error(
-                "%d message(s) not delivered at exit and not reported to on_error within exit_timeout=%ss: "
-                "they are lost",
-                lost,
-                client.settings.exit_timeout,
-            )
-
-
-def _drain_in_multiprocessing_child() -> None:
-    """Make the exit drain run in a child that multiprocessing forked.
-
-    Such a child leaves through ``os._exit`` (no atexit), after running multiprocessing's
-    own finalizers. Called at fork, before multiprocessing clears the child's finalizer
-    registry, so the finalizer is registered from multiprocessing's after-fork hook.
-    """
-    util = sys.modules.get("multiprocessing.util")
-    if util is not None:
-        util.register_after_fork(_drain_at_exit, _register_exit_finalizer)
-
-
-def _register_exit_finalizer(_: object) -> None:
-    util = sys.modules["multiprocessing.util"]
-    util.Finalize(None, _drain_at_exit, exitpriority=_EXIT_PRIORITY)
-
-
-_EXIT_PRIORITY = 20
-"""Runs before multiprocessing's own finalizers (a Pool's at 15, a Queue's at 10), while they still work."""
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(_drain_at_exit)
 
 __all__ = ["Client", "Message", "Result", "send_leftovers"]

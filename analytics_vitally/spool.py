@@ -23,7 +23,7 @@ them open; the kernel drops it when the process dies, however it dies. ``recover
 one live process, whatever PIDs have been reused. Locks are never released with ``LOCK_UN``,
 only by closing every descriptor: a flock belongs to the open file description, which a
 forked child shares, so an unlock in the child would unlock the parent's file. After
-``os.fork()`` the child (``reset_after_fork``, run by an at-fork hook) closes its copies of the
+``os.fork()`` the child (``reset_after_fork``, run by the package's fork handling) closes its copies of the
 parent's descriptors and maps, which leaves the parent's locks in place, and writes files of
 its own.
 
@@ -49,11 +49,11 @@ import struct
 import sys
 import threading
 import time
-import weakref
 import zlib
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
+from . import lifecycle
 from .errors import ConfigurationError
 
 if sys.platform != "win32":
@@ -165,7 +165,7 @@ class Spool:
             raise ConfigurationError("spool", f"directory {self.directory!r} cannot be written: {error}") from None
         self._active = first
         self._bytes_made += self.segment_bytes
-        _spools.add(self)
+        lifecycle.track_spool(self)
 
     def _start(self) -> None:
         """A fresh state: no files (they are made on demand), new locks, a new writer name."""
@@ -408,7 +408,7 @@ class Spool:
     def reset_after_fork(self) -> None:
         """In a forked child: forget the parent's files (they stay locked by it); new files on demand.
 
-        Run by an at-fork hook for every open spool; calling it again, or in the parent, does nothing.
+        Run by the package's fork handling for every spool; calling it again, or in the parent, does nothing.
         """
         if self._pid == os.getpid():
             return
@@ -975,16 +975,5 @@ def _remove_stale_temporary(path: str) -> None:
     finally:
         os.close(handle)
 
-
-_spools: weakref.WeakSet[Spool] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for spool in list(_spools):
-        spool.reset_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 __all__ = ["DEAD_LETTER", "DEFAULT_MAX_BYTES", "Spool", "SpoolFile", "SpoolReport", "Token", "inspect"]

@@ -40,6 +40,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util import wait_for_read
 
+from . import lifecycle
 from .errors import AuthenticationError, DeliveryError
 from .settings import Settings
 from .version import VERSION
@@ -121,6 +122,7 @@ class Transport:
         self._proxied = select_proxy(self._url, self._environment["proxies"]) is not None
         self._redact = _Redactor(settings.write_key or "")
         self.reset_after_fork()
+        lifecycle.track_transport(self)
 
     def __repr__(self) -> str:
         return f"<Transport {self._url}>"
@@ -138,7 +140,7 @@ class Transport:
 
     def reset_after_fork(self) -> None:
         """Forget connections, pauses and counts inherited from the parent process."""
-        _new_watchdog_in_child()
+        self._made_with = lifecycle.threading_kind()
         self._local = threading.local()
         self._aborted = threading.Event()
         self._lock = threading.Lock()  # guards retries and _paused_until
@@ -146,6 +148,16 @@ class Transport:
         self._paused_until = 0.0  # no request before this (a 429 or a Retry-After), for every thread
         self._pause_status: Optional[int] = None
         self.retries = 0
+
+    def _refresh_locks(self) -> None:
+        """Make the lock, the abort flag and the per-thread connections again with patched ``threading``."""
+        aborted = self._aborted.is_set()
+        self._made_with = lifecycle.threading_kind()
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._aborted = threading.Event()
+        if aborted:
+            self._aborted.set()
 
     def release(self) -> None:
         """Close the calling thread's connection (a worker thread calls this as it ends)."""
@@ -157,10 +169,12 @@ class Transport:
     def abort(self) -> None:
         """Stop waiting between retries and end requests in flight; what is undelivered fails at once."""
         self._aborted.set()
-        _watchdog.fire_all(self)
+        _watchdog.get().fire_all(self)
 
     def deliver(self, items: List[str]) -> Outcome:
         """Post encoded messages as one batch (splitting it if Vitally rejects some); never raises."""
+        if lifecycle.patched_since(self._made_with):  # gevent or eventlet patched threading since
+            self._refresh_locks()
         outcome = Outcome()
         self._deliver(items, outcome)
         return outcome
@@ -257,7 +271,7 @@ class Transport:
                 401,
             )
         timeout = self._settings.timeout
-        watchdog = _watchdog
+        watchdog = _watchdog.get()
         started = time.monotonic()
         deadline = watchdog.arm(timeout, self)
         lane = self._lane()
@@ -386,7 +400,7 @@ class _DirectLane:
                 sock = self._connect(timeout)
             else:
                 assert self._handle is not None
-                _watchdog.attach(self._handle)
+                _watchdog.get().attach(self._handle)
             sock.sendall(b"%s%d\r\n\r\n%s" % (self._head, len(body), body))
             response = http.client.HTTPResponse(sock, method="POST")
             try:
@@ -404,7 +418,7 @@ class _DirectLane:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._handle = sock.dup()
-            _watchdog.attach(self._handle)  # from here the request deadline covers the TLS handshake too
+            _watchdog.get().attach(self._handle)  # from here the request deadline covers the TLS handshake too
             if self._tls is not None:
                 sock = self._tls.wrap_socket(sock, server_hostname=self._host)
         except BaseException:
@@ -624,25 +638,9 @@ def _shut(handle: socket.socket) -> None:
         handle.shutdown(socket.SHUT_RDWR)  # a blocked read or write on the connection returns at once
 
 
-_watchdog = _Watchdog()
-
-
-_watchdog_pid = os.getpid()
-
-
-def _new_watchdog_in_child() -> None:
-    """In a forked child (once): the parent's watchdog thread does not exist here, and its lock may be held.
-
-    Run by ``os.register_at_fork``, and by ``Transport.reset_after_fork`` for forks that skip those
-    hooks (uWSGI forks its workers from C).
-    """
-    global _watchdog, _watchdog_pid
-    if _watchdog_pid != os.getpid():
-        _watchdog, _watchdog_pid = _Watchdog(), os.getpid()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_watchdog_in_child)
+_watchdog = lifecycle.PerProcess(_Watchdog)
+"""Made at the first request of each process (the parent's thread does not exist in a forked child,
+and its lock may be held there), and again once gevent or eventlet patched ``threading``."""
 
 
 class _WatchedHTTPConnection(HTTPConnection):
@@ -655,12 +653,12 @@ class _WatchedHTTPConnection(HTTPConnection):
         sock = super()._new_conn()
         self._close_handle()
         self._handle = sock.dup()
-        _watchdog.attach(self._handle)
+        _watchdog.get().attach(self._handle)
         return sock
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         if self._handle is not None and self.sock is not None:  # a kept-alive connection
-            _watchdog.attach(self._handle)
+            _watchdog.get().attach(self._handle)
         super().request(*args, **kwargs)
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
+from . import lifecycle
 from .servers import warn_if_threads_cannot_run
 from .settings import Settings
 from .spool import Spool
@@ -108,11 +109,15 @@ class Worker:
         settings: Settings,
         spool: Optional[Spool] = None,
         thread_ended: Optional[Callable[[], None]] = None,
+        abandon: Optional[Callable[[], None]] = None,
     ) -> None:
         self._deliver = deliver
         self._thread_ended = thread_ended
         """Called on each worker thread as it ends (the transport closes that thread's connection)."""
+        self._abandon = abandon
+        """Called by ``close()`` when time runs out (the transport stops retrying and ends requests)."""
         self._spool = spool
+        self.exit_timeout = settings.exit_timeout
         self._size = settings.upload_size
         self._interval = settings.upload_interval
         self._max_bytes = settings.max_batch_bytes
@@ -120,7 +125,11 @@ class Worker:
         self._backlog = max(self._size, self._capacity // 2)
         """Past this many queued messages a caller yields the GIL now and then (``_make_room``)."""
         self._thread_count = settings.thread
+        self._retired = False
         self._reset()
+        self._leftovers = spool is not None
+        """The spool's leftovers from earlier processes are still being read into the queue: flush() waits."""
+        lifecycle.track_worker(self)
 
     def _reset(self) -> None:
         self._pending: Deque[Any] = deque()  # encoded messages; with a spool, (message, spool token) pairs
@@ -128,6 +137,7 @@ class Worker:
         # section (track(), stats()) must get the lock, not deadlock; its wait releases it.
         self._cond = threading.Condition(threading.RLock())
         self._local = threading.local()  # .flushing: a flush on this thread is waiting
+        self._made_with = lifecycle.threading_kind()
         self._threads: List[threading.Thread] = []
         self._taken = 0
         self._in_flight: Dict[int, int] = {}  # queue position -> size of each batch being delivered
@@ -146,6 +156,19 @@ class Worker:
     def reset_after_fork(self) -> None:
         """In a forked child: a fresh queue, lock and threads; the parent's messages stay the parent's."""
         self._reset()
+        self._leftovers = False  # the parent's leftovers are the parent's to send
+
+    def retire(self) -> None:
+        """The client is gone: deliver what is queued (and the spool's leftovers), then end the threads
+        and release the connections and spool files. Returns at once; safe from a garbage collection."""
+        with self._cond:
+            self._retired = True
+            if self._threads:
+                self._stopping = True
+                self._cond.notify_all()
+                return
+        if self._spool is not None:
+            self._spool.close()
 
     # The caller's side. --------------------------------------------------------------
 
@@ -242,6 +265,7 @@ class Worker:
         if getattr(self._local, "flushing", False):
             log.debug("flush() called while a flush() on the same thread was waiting (a signal handler?): skipped")
             return False
+        self._refresh_locks()
         self._local.flushing = True
         try:
             return self._wait_for(self._target(), None if timeout is None else time.monotonic() + timeout)
@@ -268,19 +292,21 @@ class Worker:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return drained
 
-    def close(self, timeout: float, before_abandoning: Callable[[], None]) -> int:
+    def close(self, timeout: float) -> int:
         """The exit drain: deliver within ``timeout``, then refuse new messages for good.
 
         When a quarter of ``timeout`` (at most a second) is left and messages are still
-        undelivered, ``before_abandoning()`` is called (the transport stops retrying and ends
-        requests in flight, so each batch fails at once and is reported), and the rest of the
-        time goes to reporting. Returns how many messages were neither delivered nor reported.
+        undelivered, ``abandon()`` is called (the transport stops retrying and ends requests
+        in flight, so each batch fails at once and is reported), and the rest of the time goes
+        to reporting. With a spool, what is left stays in it for a later process. Returns how
+        many messages were neither delivered, reported nor kept in a spool.
         """
         deadline = time.monotonic() + timeout
         reserve = min(1.0, timeout / 4)
         done = self.shutdown(max(0.0, timeout - reserve))
         if not done:
-            before_abandoning()
+            if self._abandon is not None:
+                self._abandon()
             # Batches now fail without a request. One more thread reports them, in case every
             # worker thread is stuck (in a request that could not be ended, or in on_error).
             with self._cond:
@@ -291,6 +317,9 @@ class Worker:
             self._capacity = 0
             left = len(self._pending) + sum(self._in_flight.values())
             self._pending.clear()
+        if self._spool is not None:
+            self._spool.close()  # what is left stays on disk for the next process (the spool logs how many)
+            return 0
         return 0 if done else left
 
     def _on_worker_thread(self, call: str) -> bool:
@@ -309,7 +338,14 @@ class Worker:
     def _wait_for(self, target: int, deadline: Optional[float]) -> bool:
         while True:
             with self._cond:
-                if self._done(target):
+                if self._leftovers:  # what the spool's leftovers add to the queue is waited for too
+                    queued = self._taken + len(self._pending)
+                    if queued > target:
+                        target = queued
+                        if queued > self._flush_to:
+                            self._flush_to = queued
+                            self._cond.notify_all()
+                elif self._done(target):
                     return True
                 remaining = _LIVENESS_CHECK if deadline is None else deadline - time.monotonic()
                 if remaining <= 0:
@@ -317,6 +353,7 @@ class Worker:
                 batch = None
                 if not any(thread.is_alive() for thread in self._threads) and not self._start_locked():
                     # No thread can run (interpreter shutdown): deliver on this thread, unlocked.
+                    self._leftovers = False  # nothing reads the spool's leftovers: they stay for a later process
                     self._flush_to = max(self._flush_to, self._taken + len(self._pending))
                     batch = self._take()
                 if batch is None:
@@ -332,12 +369,23 @@ class Worker:
         self._start()
 
     def _start(self) -> None:
+        self._refresh_locks()
         with self._cond:
             if not self._threads:
                 self._start_locked()
 
+    def _refresh_locks(self) -> None:
+        """Make the lock again if gevent or eventlet patched ``threading`` since it was made (and no
+        thread uses it yet): a green thread waiting on an OS lock would block the whole hub."""
+        if lifecycle.patched_since(self._made_with) and not self._threads:
+            self._cond = threading.Condition(threading.RLock())
+            self._local = threading.local()
+            self._made_with = lifecycle.threading_kind()
+
     def _start_locked(self, extra: int = 0) -> bool:
         self._threads = [thread for thread in self._threads if thread.is_alive()]
+        if not self._threads:
+            lifecycle.hold(self)  # from now on the queue is delivered whether or not the client lives on
         if len(self._threads) < self._thread_count:
             warn_if_threads_cannot_run()  # uWSGI without threads, or its master before the fork: once each
         try:
@@ -403,22 +451,17 @@ class Worker:
                     log.exception("closing a worker thread's connection raised")
 
     def _loop(self) -> None:
-        me = threading.current_thread()
         while True:
             if self._spool is not None:
                 self._recover()
             with self._cond:
                 batch = self._take()
                 while batch is None:
-                    if self._stopping and not self._pending:
-                        if me in self._threads:
-                            self._threads.remove(me)
-                        if not self._threads:
-                            self._stopping = False  # drained: the next message starts threads afresh
-                        self._cond.notify_all()
+                    if self._stopping and not self._pending and not self._leftovers:
+                        self._leave()
                         return
                     wait = self._wait_time()
-                    if self._spool is not None and not self._stopping:
+                    if self._spool is not None and (self._leftovers or not self._stopping):
                         wait = min(wait, self._next_recovery - time.monotonic())
                         if wait <= 0:
                             break  # time to look into the spool again
@@ -429,26 +472,49 @@ class Worker:
                 start = self._taken - len(batch)
             self._send(batch, start)
 
+    def _leave(self) -> None:
+        """This thread ends: the queue is drained (lock held). The last one lets the worker go."""
+        me = threading.current_thread()
+        if me in self._threads:
+            self._threads.remove(me)
+        self._cond.notify_all()
+        if self._threads:
+            return
+        self._stopping = False  # drained: the next message starts threads afresh
+        lifecycle.let_go(self)
+        if self._retired and self._spool is not None:
+            self._spool.close()  # the client is gone: its files are for other processes now
+
     def _recover(self) -> None:
         """Queue what the spool holds that no queue does: retries that are due, and dead processes' messages.
 
         Runs on a worker thread, outside the lock (the spool reads files), at most once a second
-        and only while the queue has room, so leftovers never crowd out new messages.
+        and only while the queue has room, so leftovers never crowd out new messages. The
+        leftovers found when the client was made (the backlog) are read without a pause, and
+        before the threads stop.
         """
         assert self._spool is not None
         now = time.monotonic()
-        if now < self._next_recovery or self._stopping:
+        leftovers = self._leftovers
+        if not leftovers and (now < self._next_recovery or self._stopping):
             return
         self._next_recovery = now + _RECOVER_INTERVAL
-        room = min(self._capacity - len(self._pending), 10 * self._size)
+        # Leftovers are read as the queue empties (ten batches ahead), never crowding out new messages.
+        room = min(self._capacity - len(self._pending), 10 * self._size - (len(self._pending) if leftovers else 0))
         if room <= 0:
             return
-        found = self._spool.recover(room)
-        if found:
-            with self._cond:
+        try:
+            found = self._spool.recover(room)
+        except Exception:  # a bug must not kill the thread; what is on disk stays there
+            log.exception("reading the spool %s raised", self._spool.directory)
+            found = []
+        with self._cond:
+            if found:
                 self._pending.extend((data.decode(), token) for token, data in found)
-                self._cond.notify()
-            self._next_recovery = now  # there may be more: look again after this batch
+                self._next_recovery = now  # there may be more: look again after this batch
+            if leftovers and len(found) < room:
+                self._leftovers = False  # all read: flush() now waits only for the queue
+            self._cond.notify_all()
 
     def _send(self, batch: List[Any], start: int) -> None:
         items = batch if self._spool is None else [message for message, _ in batch]

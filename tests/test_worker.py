@@ -48,9 +48,9 @@ def deliver() -> Recorder:
 def make_worker(deliver: Recorder) -> Iterator[Callable[..., Worker]]:
     workers: List[Worker] = []
 
-    def make(**settings: object) -> Worker:
+    def make(abandon: Optional[Callable[[], None]] = None, **settings: object) -> Worker:
         settings.setdefault("upload_interval", 60)
-        worker = Worker(deliver, Settings(send=False, **settings))  # type: ignore[arg-type]
+        worker = Worker(deliver, Settings(send=False, **settings), abandon=abandon)  # type: ignore[arg-type]
         workers.append(worker)
         return worker
 
@@ -189,12 +189,12 @@ def test_deliver_now_does_not_hold_up_flush(make_worker: Callable[..., Worker], 
 
 
 def test_close_reports_what_it_could_not_deliver(make_worker: Callable[..., Worker], deliver: Recorder) -> None:
-    worker = make_worker(upload_size=2)
+    abandoned: List[bool] = []
+    worker = make_worker(upload_size=2, abandon=lambda: abandoned.append(True))
     deliver.gate.clear()
     for i in range(5):
         worker.put(f'"{i}"')
-    abandoned: List[bool] = []
-    left = worker.close(0.4, lambda: abandoned.append(True))
+    left = worker.close(0.4)
     assert abandoned == [True]
     assert left == 5  # one batch of 2 held in flight, 3 queued behind it
     assert worker.put('"late"') is False
@@ -205,10 +205,10 @@ def test_close_after_everything_was_delivered_abandons_nothing(
     make_worker: Callable[..., Worker], deliver: Recorder, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="analytics_vitally")
-    worker = make_worker()
-    worker.put('"a"')
     abandoned: List[bool] = []
-    assert worker.close(5, lambda: abandoned.append(True)) == 0
+    worker = make_worker(abandon=lambda: abandoned.append(True))
+    worker.put('"a"')
+    assert worker.close(5) == 0
     assert abandoned == [] and deliver.delivered == ['"a"']
     worker.put('"after"')
     assert "after the exit drain" in caplog.text
