@@ -66,6 +66,7 @@ thread: int = _defaults.thread
 gzip: bool = _defaults.gzip
 max_batch_bytes: int = _defaults.max_batch_bytes
 exit_timeout: float = _defaults.exit_timeout
+drain_on_sigterm: bool = _defaults.drain_on_sigterm
 spool: Optional[str] = _defaults.spool
 spool_fsync: bool = _defaults.spool_fsync
 max_spool_bytes: int = _defaults.max_spool_bytes

@@ -64,6 +64,8 @@ class Client:
         # Dropped by the program: the worker delivers what is left, then ends its threads and lets go
         # of its connections and spool files (the lifecycle module keeps it until then).
         weakref.finalize(self, self._worker.retire).atexit = False
+        if self.settings.drain_on_sigterm and self.settings.send:
+            lifecycle.drain_on_sigterm()
         if self._spool is not None:
             self._worker.start()  # what earlier processes left is sent now, with no call needed
 

@@ -30,6 +30,7 @@ import atexit
 import logging
 import os
 import random
+import signal
 import sys
 import threading
 import time
@@ -237,6 +238,37 @@ def arrange_child_drain(at_bootstrap: bool = False) -> None:
         )
 
 
+def drain_on_sigterm() -> None:
+    """On the main thread, if SIGTERM still has its default action: drain before SIGTERM ends the process.
+
+    A SIGTERM with the default action ends the process at once, without ``atexit``: uvicorn
+    raises the SIGTERM it caught again after its graceful stop, as do ``docker stop`` and
+    systemd on a plain script. The handler runs the exit drain (on a thread of its own, so
+    that a lock held by the interrupted code cannot stop it; at most the largest
+    ``exit_timeout`` and a second), then puts the default action back and raises SIGTERM
+    again: the process still ends by SIGTERM. A handler set by the program (or a server)
+    before or after is never replaced.
+    """
+    if not hasattr(signal, "SIGTERM") or threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _drain_then_end)
+    except (ValueError, OSError):  # not the main interpreter, or signals unavailable here
+        pass
+
+
+def _drain_then_end(signum: int, frame: object) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    timeout = max((worker.exit_timeout for worker in list(_workers)), default=0.0) + 1.0
+    drain = threading.Thread(target=drain_at_exit, name="analytics_vitally-sigterm", daemon=True)
+    try:
+        drain.start()
+        drain.join(timeout)
+    finally:
+        signal.raise_signal(signum)
+
+
 class _Marker:
     """An object for multiprocessing's after-fork registry, which holds what it is given weakly."""
 
@@ -260,6 +292,7 @@ __all__ = [
     "arrange_child_drain",
     "check_fork",
     "drain_at_exit",
+    "drain_on_sigterm",
     "hold",
     "let_go",
     "message_ids",

@@ -60,6 +60,7 @@ class Settings:
     gzip: bool = False
     max_batch_bytes: int = 500_000
     exit_timeout: float = 5.0
+    drain_on_sigterm: bool = True
     spool: Optional[str] = None
     spool_fsync: bool = False
     max_spool_bytes: int = 100_000_000
