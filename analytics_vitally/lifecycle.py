@@ -265,6 +265,8 @@ def _drain_then_end(signum: int, frame: object) -> None:
     try:
         drain.start()
         drain.join(timeout)
+        if drain.is_alive():
+            log.warning("SIGTERM: the exit drain did not end within %.1fs; the process ends without it", timeout)
     finally:
         signal.raise_signal(signum)
 
