@@ -4,8 +4,11 @@ down, calls made after it. Each runs in a fresh interpreter against a server on 
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import subprocess
 import sys
+import textwrap
 import time
 from typing import Iterator, List
 
@@ -201,3 +204,45 @@ def test_retries_are_counted_as_they_happen(make_client: MakeClient, receiver: R
         time.sleep(0.01)
     stats = client.stats()
     assert (stats.sent, stats.failed) == (0, 0)  # the batch is still in flight
+
+
+SIGTERM_SCRIPT = """
+    import signal, sys, time
+    from analytics_vitally import Client
+
+    {own_handler}
+    client = Client({token!r}, host={url!r}, upload_interval=60, drain_on_sigterm={drain})
+    for i in range(250):
+        client.track("u", "e", {{"i": i}})
+    print("queued", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM")
+@pytest.mark.parametrize(
+    ("drain", "own_handler", "arrives", "status"),
+    [
+        (True, "", 250, -signal.SIGTERM),  # drained, then still ended by SIGTERM
+        (False, "", 200, -signal.SIGTERM),  # the default action: the last 50 (not a full batch) are lost
+        (True, "signal.signal(signal.SIGTERM, lambda *_: sys.exit(3))", 250, 3),  # the program's own: kept
+    ],
+    ids=["default-action", "drain_on_sigterm=False", "own-handler"],
+)
+def test_sigterm_with_its_default_action_drains_first(
+    receiver: Receiver, drain: bool, own_handler: str, arrives: int, status: int
+) -> None:
+    code = SIGTERM_SCRIPT.format(token=TOKEN, url=receiver.url, drain=drain, own_handler=own_handler)
+    process = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "queued"
+        assert receiver.wait_for(200, timeout=10)  # the two full batches left on their size
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == status
+    finally:
+        process.kill()
+    assert receiver.wait_for(arrives, timeout=10)  # the process is gone: nothing more can come
+    ids = receiver.message_ids()
+    assert (len(ids), len(set(ids))) == (arrives, arrives)
