@@ -49,8 +49,9 @@ class Client:
             if chosen.spool is not None and chosen.send
             else None
         )
+        transport = self._transport
         self._worker = Worker(
-            self._transport.deliver, self.settings, self._spool, self._transport.release, self._transport.abort
+            transport.deliver, self.settings, self._spool, transport.release, transport.abort, transport.get_ready
         )
         self._max_message_bytes = self.settings.max_batch_bytes - 2
         self._dispatch: Callable[[str], bool] = (

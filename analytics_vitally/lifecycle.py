@@ -50,10 +50,12 @@ T = TypeVar("T")
 class _Process:
     """Who this process is: its pid as last seen by the fork handling."""
 
-    __slots__ = ("pid",)
+    __slots__ = ("exiting", "pid")
 
     def __init__(self) -> None:
         self.pid = os.getpid()
+        self.exiting = False
+        """The exit drain has begun: no new OS thread may be started any more (Python 3.12 on)."""
 
 
 PROCESS = _Process()
@@ -80,6 +82,16 @@ def _making_lock() -> _thread.LockType:
 def threading_kind() -> object:
     """What makes ``threading`` locks now: changes when gevent or eventlet patches ``threading``."""
     return threading.Lock
+
+
+def exiting() -> bool:
+    """True once the exit drain has begun."""
+    return PROCESS.exiting
+
+
+def green() -> bool:
+    """True once gevent or eventlet patched ``threading``: threads are green threads."""
+    return getattr(threading.Lock, "__module__", "_thread") != "_thread"
 
 
 def patched_since(kind: object) -> bool:
@@ -163,6 +175,7 @@ def check_fork() -> None:
 def after_fork() -> None:
     """In a forked child: forget everything that belongs to the parent, in the order the module docstring gives."""
     PROCESS.pid = os.getpid()
+    PROCESS.exiting = False
     message_ids.seed()
     _held.clear()  # the parent's threads do not exist here
     for worker in list(_workers):
@@ -183,6 +196,7 @@ def drain_at_exit() -> None:
     Runs at exit, in a multiprocessing child as a finalizer, and wherever else a process ends
     normally; a second run finds nothing left.
     """
+    PROCESS.exiting = True
     workers = list(_workers)
     if not workers:
         return
@@ -295,6 +309,8 @@ __all__ = [
     "check_fork",
     "drain_at_exit",
     "drain_on_sigterm",
+    "exiting",
+    "green",
     "hold",
     "let_go",
     "message_ids",

@@ -121,6 +121,8 @@ class Transport:
         self._environment = _environment_settings(self._url, settings.proxies)
         self._proxied = select_proxy(self._url, self._environment["proxies"]) is not None
         self._redact = _Redactor(settings.write_key or "")
+        self._addresses: List[_Address] = []
+        """Vitally's addresses as looked up while the program ran (under gevent or eventlet only)."""
         self.reset_after_fork()
         lifecycle.track_transport(self)
 
@@ -134,7 +136,7 @@ class Transport:
             if self._proxied:
                 lane = _ProxiedLane(self._url, self._headers, self._environment)
             else:
-                lane = _DirectLane(self._url, self._headers, self._environment["verify"])
+                lane = _DirectLane(self._url, self._headers, self._environment["verify"], self._addresses)
             self._local.lane = lane
         return lane
 
@@ -158,6 +160,25 @@ class Transport:
         self._aborted = threading.Event()
         if aborted:
             self._aborted.set()
+
+    def get_ready(self) -> None:
+        """On a worker thread as it starts: under gevent or eventlet, look up Vitally's addresses now.
+
+        Their resolvers run each look-up on an OS thread, which Python refuses to start once the
+        interpreter is exiting (3.12 on), or first register an atexit hook, refused then too
+        (3.9): a connection made by the exit drain would fail. The exit drain connects to the
+        addresses found here instead. Elsewhere it does nothing.
+        """
+        if self._proxied or not lifecycle.green():
+            return
+        parsed = urllib3.util.parse_url(self._url)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            found = socket.getaddrinfo((parsed.host or "").strip("[]"), port, 0, socket.SOCK_STREAM)
+        except (OSError, UnicodeError, RuntimeError) as error:  # the request will look again
+            log.debug("looking up %s at a worker thread's start failed: %s", parsed.host, error)
+            return
+        self._addresses[:] = found
 
     def release(self) -> None:
         """Close the calling thread's connection (a worker thread calls this as it ends)."""
@@ -376,7 +397,11 @@ class _DirectLane:
     library's defaults: TLS 1.2 or later, certificate and host name checked.
     """
 
-    def __init__(self, url: str, headers: Dict[str, str], verify: Union[bool, str]) -> None:
+    def __init__(
+        self, url: str, headers: Dict[str, str], verify: Union[bool, str], addresses: List[_Address]
+    ) -> None:
+        self._addresses = addresses
+        """Looked up while the program ran (``Transport.get_ready``): what the exit drain connects to."""
         parsed = urllib3.util.parse_url(url)
         assert parsed.host is not None  # settings refuse a host without one
         self._host = parsed.host.strip("[]")  # an IPv6 literal without its brackets
@@ -414,7 +439,10 @@ class _DirectLane:
         return response
 
     def _connect(self, timeout: float) -> socket.socket:
-        sock = socket.create_connection((self._host, self._port), timeout)
+        if self._addresses and lifecycle.exiting():  # a green resolver cannot start its thread now
+            sock = _connect_to(self._addresses, timeout)
+        else:
+            sock = socket.create_connection((self._host, self._port), timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._handle = sock.dup()
@@ -452,6 +480,26 @@ class _DirectLane:
         for each in (sock, handle):
             if each is not None:
                 each.close()
+
+
+_Address = Tuple[Any, ...]
+"""One of ``socket.getaddrinfo``'s answers: family, type, protocol, canonical name, socket address."""
+
+
+def _connect_to(addresses: List[_Address], timeout: float) -> socket.socket:
+    """A connected socket to the first of ``addresses`` that takes it (``socket.create_connection``
+    without the look-up)."""
+    error: Optional[OSError] = None
+    for family, kind, protocol, _, address in addresses:
+        sock = socket.socket(family, kind, protocol)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+            return sock
+        except OSError as failure:
+            sock.close()
+            error = failure
+    raise error if error is not None else OSError("no address to connect to")
 
 
 def _tls_context(verify: Union[bool, str]) -> ssl.SSLContext:

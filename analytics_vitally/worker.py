@@ -110,8 +110,11 @@ class Worker:
         spool: Optional[Spool] = None,
         thread_ended: Optional[Callable[[], None]] = None,
         abandon: Optional[Callable[[], None]] = None,
+        thread_started: Optional[Callable[[], None]] = None,
     ) -> None:
         self._deliver = deliver
+        self._thread_started = thread_started
+        """Called on each worker thread as it starts (the transport gets ready to connect)."""
         self._thread_ended = thread_ended
         """Called on each worker thread as it ends (the transport closes that thread's connection)."""
         self._abandon = abandon
@@ -442,6 +445,11 @@ class Worker:
 
     def _run(self) -> None:
         try:
+            if self._thread_started is not None:
+                try:
+                    self._thread_started()
+                except Exception:
+                    log.exception("getting a worker thread ready raised")
             self._loop()
         finally:
             if self._thread_ended is not None:
