@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-from analytics_vitally.testing import Receiver
+from analytics_vitally.testing import Receiver, Reply
 
 from .conftest import TOKEN
 from .test_recipes import (  # the fixtures are used by name
@@ -307,3 +307,71 @@ def test_celery_gevent_pool_delivers_every_task_at_warm_shutdown(
     took = time.monotonic() - stopped
     assert_arrived(receiver, message_ids, worker.output())
     print(f"celery --pool=gevent {order}: {TASKS} tasks, {len(receiver.messages)} delivered, exit in {took:.1f}s")
+
+
+# A client made before the patching (as gunicorn --preload makes it in the master) ---------------
+
+
+def run_green(library: str, code: str) -> subprocess.CompletedProcess[str]:
+    pytest.importorskip(library)
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=SCRIPT_EXIT_BOUND,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.parametrize("library", ["gevent", "eventlet"])
+def test_worker_greenlets_keep_a_connection_each(receiver: Receiver, library: str) -> None:
+    # Made before the patching, the transport's per-thread connections were one for all greenlets.
+    done = run_green(
+        library,
+        f"""
+        from analytics_vitally import Client
+        client = Client({TOKEN!r}, host={receiver.url!r}, thread=4, upload_size=10, upload_interval=60)
+        {PATCH[library]}
+        for i in range(2000):
+            client.track("u", "e", {{"i": i}})
+        print(client.flush(timeout=20), client.stats().sent, client.stats().failed, client.stats().retried)
+        """,
+    )
+    assert done.stdout.split() == ["True", "2000", "0", "0"], done.stderr[-3000:]
+    assert receiver.wait_for(2000)
+    ids = receiver.message_ids()
+    assert (len(ids), len(set(ids))) == (2000, 2000)
+
+
+@pytest.mark.parametrize("library", ["gevent", "eventlet"])
+def test_a_retry_wait_never_blocks_the_hub(receiver: Receiver, library: str) -> None:
+    answers = iter([Reply(503, {"message": "busy"}, headers={"Retry-After": "1"})])
+    receiver.respond = lambda request: next(answers, None)
+    sleep = f"{library}.sleep"
+    done = run_green(
+        library,
+        f"""
+        import time
+        from analytics_vitally import Client
+        client = Client({TOKEN!r}, host={receiver.url!r}, upload_interval=60)
+        {PATCH[library]}
+        import {library}
+        ticks = []
+
+        def tick():
+            while True:
+                ticks.append(time.monotonic())
+                {sleep}(0.01)
+
+        {library}.spawn(tick)
+        {sleep}(0.05)
+        client.track("u", "e")
+        print(client.flush(timeout=10), client.stats().retried)
+        print(max(later - earlier for earlier, later in zip(ticks, ticks[1:])))
+        """,
+    )
+    flushed, longest = done.stdout.splitlines()
+    assert flushed == "True 1"
+    assert float(longest) < 0.5, f"the hub stood still {float(longest):.2f} s during the 1 s Retry-After"
+    assert receiver.wait_for(1)
