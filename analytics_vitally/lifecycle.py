@@ -35,12 +35,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Callable, Dict, Generic, Optional, Set, Tuple, TypeVar
-
-if TYPE_CHECKING:
-    from .spool import Spool
-    from .transport import Transport
-    from .worker import Worker
+from typing import Callable, Dict, Generic, Optional, Protocol, Set, Tuple, TypeVar
 
 log = logging.getLogger("analytics_vitally")
 
@@ -129,9 +124,24 @@ class PerProcess(Generic[T]):
 
 # The registry. --------------------------------------------------------------------------
 
+
+class Resettable(Protocol):
+    """What a forked child must not inherit as it is (a transport, a spool): it can be reset."""
+
+    def reset_after_fork(self) -> None: ...
+
+
+class Worker(Resettable, Protocol):
+    """A client's queue and threads (``worker.Worker``): reset in a child, closed at exit."""
+
+    exit_timeout: float
+
+    def close(self, timeout: float) -> int: ...
+
+
 _workers: weakref.WeakSet[Worker] = weakref.WeakSet()
-_transports: weakref.WeakSet[Transport] = weakref.WeakSet()
-_spools: weakref.WeakSet[Spool] = weakref.WeakSet()
+_transports: weakref.WeakSet[Resettable] = weakref.WeakSet()
+_spools: weakref.WeakSet[Resettable] = weakref.WeakSet()
 _held: Set[Worker] = set()
 """Workers with threads running: kept alive whether or not their client still is."""
 
@@ -140,11 +150,11 @@ def track_worker(worker: Worker) -> None:
     _workers.add(worker)
 
 
-def track_transport(transport: Transport) -> None:
+def track_transport(transport: Resettable) -> None:
     _transports.add(transport)
 
 
-def track_spool(spool: Spool) -> None:
+def track_spool(spool: Resettable) -> None:
     _spools.add(spool)
 
 

@@ -41,7 +41,7 @@ from analytics_vitally.testing import Receiver, Reply
 
 from .conftest import TOKEN
 from .test_recipes import (  # the fixtures are used by name
-    CELERY_CONFIG,
+    CeleryRig,
     StartServer,
     assert_delivered_once,
     gunicorn_options,
@@ -264,34 +264,15 @@ TASKS = 60
 def test_celery_gevent_pool_delivers_every_task_at_warm_shutdown(
     start_server: StartServer, tmp_path: Path, server_env: Dict[str, str], receiver: Receiver, order: str
 ) -> None:
-    celery = pytest.importorskip("celery")
     pytest.importorskip("gevent")
+    rig = CeleryRig(tmp_path, server_env)
     from celery.exceptions import TimeoutError as TasksNotDone
 
-    for folder in ("queue", "control", "results"):
-        (tmp_path / folder).mkdir()
-    config = CELERY_CONFIG.format(**{name: str(tmp_path / name) for name in ("queue", "control", "results")})
-    (tmp_path / "celeryconfig.py").write_text(config)
     (tmp_path / "green_celery.py").write_text(LONG_INTERVAL_APP.format(module="celery_app", name="app"))
-    env = {**server_env, "CELERY_CONFIG_MODULE": "celeryconfig"}
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
     # The celery command patches first (its --pool option), then imports the app. With BEFORE, the
     # library is already imported when it patches (as by code run before the command's main()).
-    worker = start_server(
-        """
-        import sys
-        from celery.__main__ import main
-        sys.argv = ["celery", "-A", "green_celery", "worker", "--pool=gevent", "--concurrency=20",
-                    "--loglevel=WARNING", "--without-heartbeat", "--without-gossip", "--without-mingle"]
-        main()
-        """,
-        env=env,
-        long_interval=order == BEFORE,
-    )
-    sender = celery.Celery("sender")
-    namespace: Dict[str, Any] = {}
-    exec(config, namespace)
-    sender.conf.update({key: value for key, value in namespace.items() if not key.startswith("__")})
+    worker = start_server(rig.worker_code("green_celery", "gevent", 20), env=rig.env, long_interval=order == BEFORE)
+    sender = rig.sender
     deadline = time.monotonic() + 60
     message_ids: List[str] = []
     try:

@@ -274,30 +274,36 @@ worker_hijack_root_logger = False
 """
 
 
+class CeleryRig:
+    """A filesystem broker and result store under ``folder``: a worker's environment and a task sender."""
+
+    def __init__(self, folder: Path, server_env: Dict[str, str]) -> None:
+        celery = pytest.importorskip("celery")
+        for name in ("queue", "control", "results"):
+            (folder / name).mkdir()
+        self.config = CELERY_CONFIG.format(**{name: str(folder / name) for name in ("queue", "control", "results")})
+        (folder / "celeryconfig.py").write_text(self.config)
+        self.env = {**server_env, "CELERY_CONFIG_MODULE": "celeryconfig"}
+        self.env["PYTHONPATH"] = os.pathsep.join([str(folder), self.env["PYTHONPATH"]])
+        self.sender = celery.Celery("sender")
+        namespace: Dict[str, Any] = {}
+        exec(self.config, namespace)
+        self.sender.conf.update({key: value for key, value in namespace.items() if not key.startswith("__")})
+
+    @staticmethod
+    def worker_code(app: str, pool: str, concurrency: int) -> str:
+        """A ``celery worker`` run in a subprocess (``start_server``'s code)."""
+        argv = ["celery", "-A", app, "worker", f"--pool={pool}", f"--concurrency={concurrency}"]
+        argv += ["--loglevel=WARNING", "--without-heartbeat", "--without-gossip", "--without-mingle"]
+        return f"import sys\nfrom celery.__main__ import main\nsys.argv = {argv!r}\nmain()\n"
+
+
 def test_celery_prefork_delivers_every_task_at_warm_shutdown(
     start_server: StartServer, tmp_path: Path, server_env: Dict[str, str], receiver: Receiver
 ) -> None:
-    celery = pytest.importorskip("celery")
-    for folder in ("queue", "control", "results"):
-        (tmp_path / folder).mkdir()
-    config = CELERY_CONFIG.format(**{name: str(tmp_path / name) for name in ("queue", "control", "results")})
-    (tmp_path / "celeryconfig.py").write_text(config)
-    env = {**server_env, "CELERY_CONFIG_MODULE": "celeryconfig"}
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
-    worker = start_server(
-        """
-        import sys
-        from celery.__main__ import main
-        sys.argv = ["celery", "-A", "celery_app", "worker", "--pool=prefork", "--concurrency=2",
-                    "--loglevel=WARNING", "--without-heartbeat", "--without-gossip", "--without-mingle"]
-        main()
-        """,
-        env=env,
-    )
-    sender = celery.Celery("sender")
-    namespace: Dict[str, Any] = {}
-    exec(config, namespace)
-    sender.conf.update({key: value for key, value in namespace.items() if not key.startswith("__")})
+    rig = CeleryRig(tmp_path, server_env)
+    worker = start_server(rig.worker_code("celery_app", "prefork", 2), env=rig.env)
+    sender = rig.sender
     try:
         results = [sender.send_task("celery_app.record_signup", args=[f"user-{n}", "acct-1"]) for n in range(40)]
         message_ids = [result.get(timeout=60) for result in results]
