@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from types import FrameType
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -184,12 +185,12 @@ _OPTION_NAMES = frozenset(field.name for field in dataclasses.fields(ImportOptio
 
 
 def _import(args: argparse.Namespace) -> int:
-    output = ConsoleOutput(stopping_hint=" (Ctrl-C again quits)")
+    output = ConsoleOutput()
     named = {name: value for name, value in vars(args).items() if name in _OPTION_NAMES}
     settings = {"debug": args.verbose}
     options = ImportOptions(**named, client_settings=settings, on_progress=output.progress, on_reject=output.reject)
     importer = Importer(options)
-    received = _stop_on_signals(importer)
+    received = _stop_on_signals(importer, time.monotonic())
     if not args.verbose:  # every failure is reported here, by line
         logging.getLogger("analytics_vitally").setLevel(logging.CRITICAL)
     notices = logging.getLogger("analytics_vitally.importer")  # saved progress ignored, delivery failed...
@@ -204,14 +205,26 @@ def _import(args: argparse.Namespace) -> int:
     return _summary(args, report, received[0] if received else 0)
 
 
-def _stop_on_signals(importer: Importer) -> List[int]:
-    """Ctrl-C and SIGTERM stop the import (progress saved); a second one quits at once. Returns the signals seen."""
+def _stop_on_signals(importer: Importer, started: float) -> List[int]:
+    """Ctrl-C and SIGTERM stop the import (progress saved); a second one quits at once, after the
+    summary line. Returns the signals seen."""
     received: List[int] = []
 
     def on_signal(number: int, frame: Optional[FrameType]) -> None:
         if received:
-            os._exit(128 + number)  # the next run resends the lines since the last checkpoint
+            try:
+                print(_counts(importer._report(time.monotonic() - started)), flush=True)
+                print(
+                    "quit at once by a second signal: lines after the last saved progress are sent again "
+                    "by the next run",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            finally:
+                os._exit(128 + number)  # the next run resends the lines since the last checkpoint
         received.append(number)
+        # Said at once, even while the import waits on the network (os.write: safe inside a handler).
+        os.write(sys.stderr.fileno(), b"interrupted: stopping once what is queued is delivered (again: quit now)\n")
         importer.stop()  # only sets a flag: safe here
 
     if threading.current_thread() is threading.main_thread():
@@ -220,21 +233,36 @@ def _stop_on_signals(importer: Importer) -> List[int]:
     return received
 
 
-def _summary(args: argparse.Namespace, report: ImportReport, signal_number: int) -> int:
+def _counts(report: ImportReport) -> str:
+    """The summary line: ``read N, sent N, rejected N, skipped N in S s``."""
     sent = f"sent 0 (dry run: {report.valid} valid)" if report.dry_run else f"sent {report.sent}"
     rejected = f"rejected {report.rejected}"
     if report.rejected_earlier:
         rejected += f" ({report.rejected_earlier} by an earlier run)"
     counts = f"read {report.read}, {sent}, {rejected}, skipped {report.skipped}"
     rate = f", {report.read / report.seconds:.0f} lines/s" if report.seconds > 0 and report.read else ""
-    print(f"{counts} in {report.seconds:.1f}s{rate}", flush=True)
+    return f"{counts} in {report.seconds:.1f}s{rate}"
+
+
+def _summary(args: argparse.Namespace, report: ImportReport, signal_number: int) -> int:
+    print(_counts(report), flush=True)
     if report.rejected:
         print(f"rejected lines are in {args.rejects}", file=sys.stderr)
     if report.failure is not None or signal_number:
-        where = ", ".join(f"{name}:{line}" for name, line in report.positions)
         why = f"{report.undelivered} message(s) not delivered" if report.failure else "stopped by a signal"
-        saved = "nothing saved (dry run)" if report.dry_run else f"progress saved in {args.state} up to {where}"
-        print(f"{why}; {saved}; run the same command again to go on", file=sys.stderr)
+        files = [(name, line) for name, line in report.positions if name != "-"]
+        where = ", ".join(f"{name}:{line}" for name, line in files)
+        if report.dry_run:
+            saved = "nothing saved (dry run)"
+        elif files:
+            saved = f"progress saved in {args.state} up to {where}; run the same command again to go on"
+        else:
+            saved = ""
+        piped = [line for name, line in report.positions if name == "-"]
+        if piped:  # a stream cannot be read again: say what to feed it, not to run the same command
+            stdin = f"standard input cannot be resumed: feed it again from line {piped[0] + 1}"
+            saved = f"{saved}; {stdin}" if saved else stdin
+        print(f"{why}; {saved}", file=sys.stderr)
     if signal_number and report.failure is None:
         return 128 + signal_number
     return report.exit_code

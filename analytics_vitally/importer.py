@@ -300,6 +300,9 @@ class Importer:
         if type(settings.get("max_queue_size", 0)) is int and settings.get("max_queue_size", 0) < least:
             settings["max_queue_size"] = least
         settings.update(send=not options.dry_run, sync_mode=False, thread=options.workers, on_error=on_error)
+        # Not VITALLY_SPOOL: a spool would keep what Vitally refused for a later process, and the
+        # import would save its progress past lines that were never delivered.
+        settings.setdefault("spool", "")
         return Client(**settings)
 
     def _stopping(self) -> bool:
@@ -714,9 +717,14 @@ def _state_problem(entry: Any) -> Optional[str]:
 
 def _write_atomically(path: str, text: str) -> None:
     temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w", encoding="utf-8") as stream:
+    with open(temporary, "w", encoding="utf-8", opener=_private) as stream:
         stream.write(text)
     os.replace(temporary, path)
+
+
+def _private(path: str, flags: int) -> int:
+    """``open()``'s opener for files that hold personal data (state, rejects): made 0600, as the spool's."""
+    return os.open(path, flags, 0o600)
 
 
 class _Rejects:
@@ -756,7 +764,7 @@ class _Rejects:
         if self._path is None:
             return
         if self._stream is None:
-            self._stream = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
+            self._stream = open(self._path, "a", encoding="utf-8", opener=_private)  # noqa: SIM115
         record = {"file": rejection.file, "line": rejection.line, "error": rejection.error, "text": rejection.text}
         self._stream.write(json.dumps(record, ensure_ascii=False) + "\n")
 

@@ -159,8 +159,13 @@ def complete(message: Mapping[str, Any]) -> dict[str, Any]:
     """
     if message.__class__ is not dict and not isinstance(message, Mapping):  # the exact type first: cheaper
         raise InvalidTypeError("message", f"must be a dict of Vitally's wire fields, not {type(message).__name__}")
-    filled = {key: value for key, value in message.items() if value is not None}
-    kind = filled.get("type")
+    try:
+        filled = {key: value for key, value in message.items() if value is not None}
+        kind = filled.get("type")
+        if isinstance(kind, str) and kind.__class__ is not str:  # its own __hash__ or __eq__ may raise
+            kind = filled["type"] = str.__str__(kind)
+    except Exception as error:  # a Mapping whose items() or keys raise: only our errors leave a call
+        raise InvalidTypeError("message", f"could not be read: {type(error).__name__}: {error}") from None
     rule = RULES.get(kind) if isinstance(kind, str) else None
     if rule is not None:
         for key in rule.object_fields:

@@ -72,7 +72,9 @@ class Settings:
         in a newline); a ``host`` given as the full batch URL loses its ``/analytics/v1/batch``.
         """
         fallbacks: Dict[str, Any] = {
-            name: os.environ.get(variable) for name, variable in ENVIRONMENT.items() if not getattr(self, name)
+            name: os.environ.get(variable)
+            for name, variable in ENVIRONMENT.items()
+            if not getattr(self, name) and not (name == "spool" and self.spool == "")  # "": none, whatever the env
         }
         settings = replace(self, **fallbacks)
         settings._check_types()

@@ -90,6 +90,8 @@ _STALE_TEMPORARY = 60.0
 _LOG_INTERVAL = 10.0
 _MAKE_RETRY = 1.0
 _ZEROS = bytes(1 << 18)
+_NO_SPACE = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+"""A full file system, or the user's quota: a state that passes, not a wrong setting."""
 _pack_header = _RECORD.pack_into
 _crc32 = zlib.crc32
 
@@ -160,11 +162,21 @@ class Spool:
             raise ConfigurationError("spool", f"directory {self.directory!r} cannot be made: {error}") from None
         self._start()
         try:
-            first = self._make(self.segment_bytes, prefill=True)
+            self._active = self._make(self.segment_bytes, prefill=True)
+            self._bytes_made += self.segment_bytes
         except OSError as error:
-            raise ConfigurationError("spool", f"directory {self.directory!r} cannot be written: {error}") from None
-        self._active = first
-        self._bytes_made += self.segment_bytes
+            if error.errno not in _NO_SPACE:
+                raise ConfigurationError("spool", f"directory {self.directory!r} cannot be written: {error}") from None
+            # A full disk must not stop the app from starting: calls are refused (and counted) until
+            # space returns, when the next one makes the file; what others left is sent meanwhile.
+            self._make_failed_at = time.monotonic()
+            self._refusal = f"a spool file could not be made: {error}"
+            log.warning(
+                "spool %s: no space for a spool file (%s): calls are refused until there is; "
+                "leftovers in the spool are still sent",
+                self.directory,
+                error,
+            )
         lifecycle.track_spool(self)
 
     def _start(self) -> None:
@@ -330,6 +342,7 @@ class Spool:
         at a time, in the order they were last written. Acknowledge each token once its
         record is delivered; the adopted file is deleted when all of its records are.
         """
+        self._check_files()
         found: List[Tuple[Token, bytes]] = []
         now = time.monotonic()
         with self._ack_lock:
@@ -347,6 +360,33 @@ class Spool:
         self._prepare_spare()
         return found
 
+    def _check_files(self) -> None:
+        """Notice that the file being written was deleted (the directory removed under us, say): log
+        it at ERROR, make the directory again, and write the next records to a new file there."""
+        with self._lock:
+            active = self._active
+            if active is None or self._closed:
+                return
+            try:
+                if os.fstat(active.fd).st_nlink:
+                    return
+            except OSError:
+                return
+            self._active = None  # the next append makes a new file
+            self._seal(active)
+            spare, self._spare = self._spare, None
+            if spare is not None:
+                self._seal(spare)
+        log.error(
+            "spool %s: its files were deleted (was the directory removed?): the messages accepted so far "
+            "are still sent, but would not survive a crash now; new ones go to new files",
+            self.directory,
+        )
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        except OSError as error:
+            log.error("spool %s cannot be made again: %s; calls are refused until it can", self.directory, error)
+
     def dead_letter(self, messages: Iterable[Union[bytes, str]]) -> int:
         """Append messages Vitally rejected for good to ``dead-letter.jsonl``, one per line.
 
@@ -362,10 +402,15 @@ class Spool:
         data = b"".join(lines)
         path = os.path.join(self.directory, DEAD_LETTER)
         try:
-            handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # Never through a symbolic link planted in its place: the lines are personal data.
+            handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX)  # processes append whole lines, one at a time
-                if os.fstat(handle).st_size + len(data) > self.max_bytes:
+                status = os.fstat(handle)
+                if status.st_mode & 0o077:  # made by someone else, readable by others: for its owner only
+                    os.fchmod(handle, 0o600)
+                    log.warning("spool %s: %s was readable by others: now 0600", self.directory, path)
+                if status.st_size + len(data) > self.max_bytes:
                     log.error(
                         "%d message(s) rejected by Vitally not written to %s: it is larger than max_bytes=%d",
                         len(lines),

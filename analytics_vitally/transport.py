@@ -304,6 +304,10 @@ class Transport:
             except _BROKEN as exception:
                 log.debug("batch of %d: no response (%s)", count, type(exception).__name__)
                 raise DeliveryError(f"no response from Vitally: {self._why(exception, deadline)}") from None
+            if deadline.fired:  # the headers "ended" because the deadline shut the socket: no whole answer
+                response.close()
+                why = self._why(TimeoutError("the answer's headers did not arrive whole"), deadline)
+                raise DeliveryError(f"no complete response from Vitally: {why}")
             status = response.status
             try:
                 answer, longer = lane.read_answer(response)
@@ -386,6 +390,8 @@ class _Response(Protocol):
     @property
     def headers(self) -> Any: ...
 
+    def close(self) -> None: ...
+
 
 class _DirectLane:
     """One kept-alive connection to Vitally, spoken over its socket directly.
@@ -427,7 +433,7 @@ class _DirectLane:
                 assert self._handle is not None
                 _watchdog.get().attach(self._handle)
             sock.sendall(b"%s%d\r\n\r\n%s" % (self._head, len(body), body))
-            response = http.client.HTTPResponse(sock, method="POST")
+            response = _Answer(sock, method="POST")
             try:
                 response.begin()
             except BaseException:
@@ -480,6 +486,22 @@ class _DirectLane:
         for each in (sock, handle):
             if each is not None:
                 each.close()
+
+
+class _Answer(http.client.HTTPResponse):
+    """http.client's answer, skipping every interim (1xx) answer before the final one.
+
+    http.client skips ``100 Continue`` only: a ``102 Processing`` or ``103 Early Hints`` would be
+    taken as the batch's answer, and the real one read as the next batch's. A server sending
+    interim answers for ever is stopped by the request's deadline, like one that trickles.
+    """
+
+    def _read_status(self) -> Tuple[str, int, str]:
+        while True:
+            version, status, reason = super()._read_status()  # type: ignore[misc]
+            if not 100 < status < 200 or status == 101:  # 100 is skipped by begin(); 101 is final
+                return version, status, reason
+            http.client.parse_headers(self.fp)  # an interim answer's headers: read and dropped
 
 
 _Address = Tuple[Any, ...]

@@ -8,6 +8,7 @@ many are waiting, when the oldest has waited ``upload_interval`` seconds, on
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
@@ -185,8 +186,8 @@ class Worker:
             pending.append(item)
         else:  # on disk before the call returns: it survives the process
             token = self._spool.append(item.encode())
-            if token is None:  # the spool is full (it logs why)
-                self._drop()
+            if token is None:  # the spool refused it (full, closed, disk error): it logs why
+                self._drop(logged=True)
                 return False
             pending.append((item, token))
         if not self._threads:
@@ -226,9 +227,12 @@ class Worker:
             self._record(outcome)
         return outcome.sent == 1
 
-    def _drop(self) -> None:
+    def _drop(self, logged: bool = False) -> None:
+        """Count a refused message; log it (at most every 10 s) unless ``logged``: the spool said why."""
         with self._cond:
             self._stats = replace(self._stats, dropped=self._stats.dropped + 1)
+            if logged:
+                return
             self._drops_unlogged += 1
             now = time.monotonic()
             if now - self._drop_logged_at < DROP_LOG_INTERVAL:
@@ -512,13 +516,13 @@ class Worker:
         if room <= 0:
             return
         try:
-            found = self._spool.recover(room)
+            found = _readable(self._spool, self._spool.recover(room))
         except Exception:  # a bug must not kill the thread; what is on disk stays there
             log.exception("reading the spool %s raised", self._spool.directory)
             found = []
         with self._cond:
             if found:
-                self._pending.extend((data.decode(), token) for token, data in found)
+                self._pending.extend(found)
                 self._next_recovery = now  # there may be more: look again after this batch
             if leftovers and len(found) < room:
                 self._leftovers = False  # all read: flush() now waits only for the queue
@@ -551,6 +555,31 @@ class Worker:
             retried=stats.retried + outcome.retried,
             batches=stats.batches + outcome.batches,
         )
+
+
+def _readable(spool: Spool, records: List[Tuple[int, bytes]]) -> List[Tuple[str, int]]:
+    """Recovered records as ``(message, token)``; one that is not a JSON object in UTF-8 (damaged on
+    disk in a way its checksum missed, or written by something else) goes to the dead letters."""
+    readable: List[Tuple[str, int]] = []
+    damaged: List[Tuple[int, bytes]] = []
+    for token, data in records:
+        try:
+            text = data.decode()
+            if not isinstance(json.loads(text), dict):
+                raise ValueError("not a JSON object")
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            damaged.append((token, data))
+            continue
+        readable.append((text, token))
+    if damaged:
+        log.error(
+            "spool %s: %d record(s) are not a JSON message (damaged?): moved to the dead letters",
+            spool.directory,
+            len(damaged),
+        )
+        spool.dead_letter([data for _, data in damaged])
+        spool.acknowledge([token for token, _ in damaged])
+    return readable
 
 
 def settle_in_spool(spool: Spool, batch: List[Tuple[str, int]], outcome: Outcome) -> None:

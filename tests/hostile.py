@@ -37,12 +37,14 @@ __all__ = [
     "endless_chunked",
     "first",
     "huge_body",
+    "interim",
     "never_answer",
     "ok",
     "ok_then_close",
     "reply",
     "trickle_body",
     "trickle_headers",
+    "trickle_after_status",
     "truncated",
 ]
 
@@ -333,6 +335,24 @@ def trickle_headers(peer: Peer, request: RawRequest) -> bool:
     line = b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"z" * 10**6
     peer.trickle(line, TRICKLE)
     return False
+
+
+def trickle_after_status(peer: Peer, request: RawRequest) -> bool:
+    """A whole ``200`` status line at once, then its headers one byte at a time, for ever."""
+    if peer.send(b"HTTP/1.1 200 OK\r\n"):
+        peer.trickle(b"X-Slow: " + b"z" * 10**6, TRICKLE)
+    return False
+
+
+def interim(status: int, then: Answer = ok) -> Answer:
+    """An interim answer (``102 Processing``, ``103 Early Hints``) with a header, then ``then``'s."""
+
+    def answer(peer: Peer, request: RawRequest) -> bool:
+        return peer.send(b"HTTP/1.1 %d Interim\r\nLink: </style.css>; rel=preload\r\n\r\n" % status) and then(
+            peer, request
+        )
+
+    return answer
 
 
 def trickle_body(status: int = 500) -> Answer:

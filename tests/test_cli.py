@@ -643,3 +643,88 @@ def test_a_signal_ends_the_wait_between_rate_bursts(receiver: Receiver, tmp_path
     assert process.returncode == 128 + signal.SIGINT, stderr
     assert "progress saved" in stderr
     assert len(receiver.messages) in (100, 101)  # the line read when the signal came may be queued too
+
+
+def test_state_and_rejects_files_are_for_their_owner_only(receiver: Receiver, tmp_path: Path) -> None:
+    # They hold personal data (the rejected lines themselves): 0600, as the spool's files, whatever the umask.
+    source = write(tmp_path / "mixed.jsonl", ["{", *track_lines(2)])
+    umask = os.umask(0o022)
+    try:
+        result = run_import(receiver, "--state", "state.json", "--rejects", "rejects.jsonl", str(source), cwd=tmp_path)
+    finally:
+        os.umask(umask)
+    assert result.returncode == 1, result.stderr  # one line rejected
+    assert summary(result) == {"read": 3, "sent": 2, "rejected": 1, "skipped": 0}
+    for name in ("state.json", "rejects.jsonl"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+
+
+def test_the_importer_ignores_vitally_spool_and_reports_a_refused_key(receiver: Receiver, tmp_path: Path) -> None:
+    # With VITALLY_SPOOL set, the refused batches used to stay in the spool "for later": nothing said
+    # "not delivered", progress was saved to line 300, and the next run sent nothing.
+    source = write(tmp_path / "events.jsonl", track_lines(300))
+    env = {**environment(), "VITALLY_SPOOL": str(tmp_path / "spool")}
+    first = subprocess.run(
+        [COMMAND, "import", "--host", receiver.url, "--write-key", "wrong-key", "--state", "state.json", str(source)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert first.returncode != 0
+    assert "not delivered" in first.stderr
+    assert summary(first)["sent"] == 0
+    assert not (tmp_path / "spool").exists()
+    again = run_import(receiver, "--state", "state.json", str(source), cwd=tmp_path)  # now with the right key
+    assert again.returncode == 0, again.stderr
+    assert summary(again) == {"read": 300, "sent": 300, "rejected": 0, "skipped": 0}
+
+
+def test_a_second_signal_quits_at_once_after_the_summary_line(tmp_path: Path) -> None:
+    # It used to quit without a word.
+    receiver, gate = gated_receiver(after=1200)
+    with receiver:
+        process = start_import(receiver, "--checkpoint-every", "500", str(SAMPLE), cwd=tmp_path)
+        try:
+            assert receiver.wait_for(1200, timeout=30)
+            process.send_signal(signal.SIGINT)  # stops after delivering what is queued: held by the gate
+            assert process.stderr is not None
+            for line in process.stderr:  # until the import says it is stopping
+                if "again: quit now" in line:
+                    break
+            process.send_signal(signal.SIGINT)
+            stdout, stderr = process.communicate(timeout=30)
+        finally:
+            gate.set()
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert process.returncode == 128 + signal.SIGINT, stderr
+    assert SUMMARY.search(stdout), (stdout, stderr)
+    assert "second signal" in stderr
+
+
+def test_an_interrupted_import_from_standard_input_does_not_promise_to_resume(tmp_path: Path) -> None:
+    # "run the same command again to go on" is not true of a stream: standard input is never resumed.
+    receiver, gate = gated_receiver(after=1200)
+    with receiver:
+        with SAMPLE.open("rb") as lines:
+            process = subprocess.Popen(
+                importing(receiver, "--checkpoint-every", "500", "-"),
+                cwd=tmp_path,
+                env=environment(),
+                stdin=lines,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        try:
+            assert receiver.wait_for(1200, timeout=30)
+            process.send_signal(signal.SIGINT)
+        finally:
+            gate.set()
+            _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 128 + signal.SIGINT, stderr
+    assert "standard input cannot be resumed: feed it again from line" in stderr
+    assert "run the same command again" not in stderr

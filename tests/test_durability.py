@@ -6,20 +6,26 @@ process with the same spool delivers what they had accepted, with the original m
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import importlib
 import json
+import logging
+import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, List
+from typing import Any, Iterator, List
 
 import pytest
 
 from analytics_vitally import Client
-from analytics_vitally.spool import DEAD_LETTER, inspect
+from analytics_vitally.spool import DEAD_LETTER, Spool, inspect
 from analytics_vitally.testing import Receiver, Reply
 
 from .conftest import COMMAND, TOKEN, MakeClient
@@ -234,3 +240,120 @@ def test_spool_comes_from_the_environment(
     client = make_client(upload_interval=60)
     client.track("u", "e")
     assert inspect(tmp_path).pending == 1
+
+
+def test_a_call_the_spool_refuses_is_logged_as_the_spool_s_refusal(
+    tmp_path: Path, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The worker used to log it as "queue full (max_queue_size=50000)", which it was not.
+    caplog.set_level(logging.WARNING, logger="analytics_vitally")
+    client = make_client(host="http://127.0.0.1:9", spool=str(tmp_path), max_spool_bytes=1 << 16, upload_interval=60)
+    results = [client.track("u", "e", {"pad": "x" * 500})[0] for _ in range(200)]
+    assert False in results and client.stats().dropped == results.count(False)
+    assert "spool" in caplog.text and "is full (max_bytes=65,536)" in caplog.text
+    assert "max_queue_size" not in caplog.text
+
+
+def test_a_record_that_is_not_a_json_message_goes_to_the_dead_letters(
+    tmp_path: Path, receiver: Receiver, make_client: MakeClient
+) -> None:
+    # Its checksum is right, its bytes are not UTF-8: the worker thread used to die on it, and the
+    # good records after it were never sent.
+    writer = Spool(tmp_path)
+    writer.append(b"\xff\xfe not a message")
+    good = [f"good-{i}" for i in range(3)]
+    for message_id in good:
+        track = {"type": "track", "userId": "u", "event": "e", "properties": {}, "messageId": message_id}
+        writer.append(json.dumps(track).encode())
+    writer.close()  # left for a later process, as if its writer had died
+    client = make_client(spool=str(tmp_path))
+    assert client.flush(timeout=10)
+    assert receiver.wait_for(3) and sorted(receiver.message_ids()) == good
+    assert (tmp_path / DEAD_LETTER).read_bytes() == b"\xff\xfe not a message\n"
+    client.track("u", "after")  # the worker thread lives on
+    assert client.flush(timeout=10) and receiver.wait_for(4)
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs filled to the last byte (needs root and mount; skipped, saying so, elsewhere)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        pytest.skip("a full file system needs a tmpfs mount: root on Linux only (the fake ENOSPC test covers the rest)")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not allowed here: {made.stderr.decode(errors='replace').strip()}")
+    try:
+        with open(mount / "filler", "wb", buffering=0) as filler, contextlib.suppress(OSError):
+            while filler.write(b"\0" * 65536):  # unbuffered: nothing left to write when it closes
+                pass
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_does_not_stop_the_app_and_the_spool_drains_once_space_returns(
+    full_disk: Path, receiver: Receiver, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="analytics_vitally")
+    spool = full_disk / "spool"
+    spool.mkdir()
+    client = make_client(spool=str(spool), max_spool_bytes=1 << 16)  # used to raise ConfigurationError
+    assert "no space for a spool file" in caplog.text
+    assert client.track("u", "refused")[0] is False  # refused, counted, never blocks
+    assert client.stats().dropped == 1
+    (full_disk / "filler").unlink()
+    deadline = time.monotonic() + 10
+    while not client.track("u", "accepted")[0]:  # the next file is tried again at most once a second
+        assert time.monotonic() < deadline, "calls still refused 10 s after space returned"
+        time.sleep(0.05)
+    assert client.flush(timeout=10)
+    assert [message["event"] for message in receiver.messages] == ["accepted"]
+
+
+def test_no_space_when_the_client_is_made_is_a_warning_not_an_error(
+    tmp_path: Path, receiver: Receiver, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same logic without a tmpfs: the spool's allocation fails with ENOSPC until "space returns".
+    spool_module = importlib.import_module("analytics_vitally.spool")  # the package's own `spool` is a setting
+
+    allocate = spool_module._allocate
+    full = [True]
+
+    def allocate_on_a_full_disk(handle: int, length: int, prefill: bool) -> None:
+        if full[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        allocate(handle, length, prefill)
+
+    monkeypatch.setattr(spool_module, "_allocate", allocate_on_a_full_disk)
+    client = make_client(spool=str(tmp_path))
+    assert client.track("u", "refused")[0] is False
+    full[0] = False
+    deadline = time.monotonic() + 10
+    while not client.track("u", "accepted")[0]:
+        assert time.monotonic() < deadline, "calls still refused 10 s after space returned"
+        time.sleep(0.05)
+    assert client.flush(timeout=10) and receiver.wait_for(1)
+    assert [message["event"] for message in receiver.messages] == ["accepted"]
+
+
+def test_a_deleted_spool_directory_is_noticed_and_made_again(
+    tmp_path: Path, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # After `rm -rf` of the directory, calls used to return True with no word, into files that no
+    # longer existed: a crash then lost every one of them.
+    caplog.set_level(logging.ERROR, logger="analytics_vitally")
+    spool = tmp_path / "spool"
+    client = make_client(host="http://127.0.0.1:9", spool=str(spool), upload_interval=60)
+    assert all(client.track("u", "before")[0] for _ in range(10))
+    shutil.rmtree(spool)
+    deadline = time.monotonic() + 10
+    while "its files were deleted" not in caplog.text:  # the worker looks about once a second
+        assert time.monotonic() < deadline, "a deleted spool directory went unnoticed for 10 s"
+        time.sleep(0.05)
+    assert spool.is_dir()
+    while not client.track("u", "after")[0]:
+        assert time.monotonic() < deadline, "calls still refused after the directory was made again"
+        time.sleep(0.05)
+    assert inspect(spool).pending >= 1  # what is accepted now is on disk again

@@ -14,7 +14,7 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Type
 
 import pytest
 
@@ -342,3 +342,31 @@ def test_huge_integer_id_is_named_by_the_callers_naming() -> None:
     with pytest.raises(InvalidMessageError) as raised:
         normalize_ids({"type": "track", "userId": 10**5000, "event": "e"}, lambda field: field)
     assert raised.value.field == "userId"
+
+
+class _UnreadableMapping(Mapping):  # type: ignore[type-arg]
+    """A Mapping whose every read raises, as a broken ORM row or proxy might."""
+
+    def __getitem__(self, key: str) -> Any:
+        raise RuntimeError("the row is gone")
+
+    def __iter__(self) -> Iterator[str]:
+        raise RuntimeError("the row is gone")
+
+    def __len__(self) -> int:
+        return 3
+
+
+class _UnhashableName(str):
+    __hash__ = None  # type: ignore[assignment]
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("compared")
+
+
+def test_enqueue_lets_only_our_errors_out_of_a_hostile_mapping() -> None:
+    client = Client("k", send=False)
+    with pytest.raises(InvalidTypeError, match="message could not be read: RuntimeError"):
+        client.enqueue(_UnreadableMapping())
+    queued, message = client.enqueue({"type": _UnhashableName("track"), "userId": "u", "event": "e"})
+    assert queued and message["type"] == "track" and message["type"].__class__ is str

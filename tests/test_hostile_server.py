@@ -26,10 +26,12 @@ from .hostile import (
     endless_chunked,
     first,
     huge_body,
+    interim,
     never_answer,
     ok,
     ok_then_close,
     reply,
+    trickle_after_status,
     trickle_body,
     trickle_headers,
     truncated,
@@ -305,6 +307,8 @@ def test_deliver_never_raises_and_reports_exactly_what_failed(serve: Callable[..
         pytest.param(trickle_body(500), False, id="error body trickled"),
         pytest.param(continue_flood, False, id="100 Continue for ever"),
         pytest.param(trickle_headers, True, id="headers trickled through an http proxy"),
+        pytest.param(trickle_after_status, False, id="a whole status line, then headers trickled"),
+        pytest.param(trickle_after_status, True, id="a whole status line, then headers trickled, via a proxy"),
     ],
 )
 def test_a_request_ends_within_its_timeout_and_is_retried(
@@ -427,3 +431,21 @@ def test_a_pause_past_max_retry_time_fails_later_batches_without_a_request(
     assert len(server.requests) == 1
     assert [error.status for error, _ in errors] == [429, 429]  # type: ignore[attr-defined]
     assert "paused" in str(errors[1][0])
+
+
+@pytest.mark.parametrize("status", [102, 103])
+def test_interim_answers_are_skipped_and_each_batch_gets_its_own_answer(
+    serve: Callable[..., HostileServer], clients: Callable[..., Client], status: int
+) -> None:
+    # http.client skips 100 Continue only: a 103 was taken as the batch's (failed) answer, and the
+    # real 200 as the next batch's, counting as sent messages the server never received.
+    server = serve(interim(status))
+    errors: Errors = []
+    client = clients(host=server.url, upload_size=5, on_error=collect(errors))
+    for i in range(20):
+        client.track("u", "e", {"i": i})
+        if i % 5 == 4:
+            assert client.flush(timeout=10)  # one batch at a time, on one kept-alive connection
+    assert errors == []
+    assert (client.stats().sent, client.stats().failed, len(server.message_ids())) == (20, 0, 20)
+    assert server.connections == 1

@@ -553,6 +553,28 @@ def test_dead_letters_are_importer_input(tmp_path: Path) -> None:
     assert arrived == {f"dead-{i}" for i in range(3)}
 
 
+def test_dead_letters_never_follow_a_planted_link_and_are_for_their_owner_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    umask = os.umask(0o022)  # the usual umask, whatever the test runner's
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_bytes(b"")
+    spool_dir = tmp_path / "spool"
+    spool = Spool(spool_dir)
+    (spool_dir / DEAD_LETTER).symlink_to(elsewhere)
+    assert spool.dead_letter([message(0, "dead")]) == 0  # refused, and said at ERROR
+    assert elsewhere.read_bytes() == b""
+    assert "not written" in caplog.text
+    (spool_dir / DEAD_LETTER).unlink()
+    assert spool.dead_letter([message(1, "dead")]) == 1
+    assert (spool_dir / DEAD_LETTER).stat().st_mode & 0o777 == 0o600
+    (spool_dir / DEAD_LETTER).chmod(0o644)  # made looser by someone else: tightened at the next write
+    assert spool.dead_letter([message(2, "dead")]) == 1
+    assert (spool_dir / DEAD_LETTER).stat().st_mode & 0o777 == 0o600
+    spool.close()
+    os.umask(umask)
+
+
 def test_inspect_reports_pending_messages_owners_and_dead_letters(tmp_path: Path) -> None:
     closed = Spool(tmp_path)
     closed.append(message(1))
