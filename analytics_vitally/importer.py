@@ -33,6 +33,7 @@ logger.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import importlib
 import json
 import logging
@@ -49,7 +50,7 @@ from uuid import NAMESPACE_URL, uuid5
 from .client import Client, Message
 from .errors import AnalyticsError, ConfigurationError, DeliveryError, InvalidMessageError
 from .messages import MAX_BATCH_MESSAGES
-from .settings import MAX_THREADS
+from .settings import MAX_THREADS, Settings
 
 __all__ = [
     "ConsoleOutput",
@@ -266,7 +267,9 @@ class Importer:
         self._every = options.checkpoint_every
         self._sources = _sources([os.fspath(name) for name in options.files])
         self._client = self._make_client()
-        self._state = _ResumeState(None if self._dry_run else options.state, options.restart)
+        self._state = _ResumeState(
+            None if self._dry_run else options.state, options.restart, _destination(self._client.settings)
+        )
         for source in self._sources:
             self._state.prepare(source)
         self._rejects = _Rejects(options.rejects)
@@ -611,9 +614,10 @@ class _ResumeState:
     With no ``path`` (a dry run, or ``state=None``) nothing is read or saved.
     """
 
-    def __init__(self, path: Optional[str], restart: bool) -> None:
+    def __init__(self, path: Optional[str], restart: bool, destination: Dict[str, str]) -> None:
         self._path = path
         self._restart = restart
+        self._destination = destination
         self._files: Dict[str, Any] = {} if path is None else _load_state(path)
 
     def prepare(self, source: _Source) -> None:
@@ -621,6 +625,15 @@ class _ResumeState:
         if source.path is None:
             return
         saved = None if self._path is None or self._restart else self._files.get(source.path)
+        elsewhere = saved.get("destination") if isinstance(saved, dict) else None
+        if elsewhere is not None and elsewhere != self._destination:
+            # Skipping what went to another Vitally account (or host) would leave it out of this one.
+            raise ImportFilesError(
+                f"the progress of {source.name} saved in {self._path} is for another destination "
+                f"({_shown(elsewhere)}), not {_shown(self._destination)}: give another --state file, "
+                "or --restart to send the whole file here",
+                "state",
+            )
         problem = None if saved is None else _state_problem(saved)
         if problem is not None:
             log.warning(
@@ -647,7 +660,7 @@ class _ResumeState:
     def record(self, source: _Source, done: bool) -> None:
         """Save that every line of ``source`` up to where it is now was delivered or rejected."""
         if self._path is not None and source.path is not None:
-            self._files[source.path] = source.state(done)
+            self._files[source.path] = {**source.state(done), "destination": self._destination}
             self.save()
 
     def save(self) -> None:
@@ -659,6 +672,20 @@ class _ResumeState:
             raise ImportFilesError(
                 f"cannot save progress to {self._path} ({error}); choose another place for it", "state"
             ) from None
+
+
+def _destination(settings: Settings) -> Dict[str, str]:
+    """Where an import sends: the endpoint, and a fingerprint of the write key (never the key)."""
+    key = (settings.write_key or "").encode()
+    fingerprint = hmac.new(b"analytics-vitally destination", key, hashlib.sha256).hexdigest()[:16]
+    return {"url": settings.url, "key": fingerprint}
+
+
+def _shown(destination: Any) -> str:
+    if not isinstance(destination, dict):
+        return _one_line(repr(destination), 80)
+    url, key = _one_line(str(destination.get("url")), 120), _one_line(str(destination.get("key")), 20)
+    return f"{url}, write key fingerprint {key}"
 
 
 def _digest_of(stream: BinaryIO, size: int) -> Optional[hashlib._Hash]:

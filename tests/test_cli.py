@@ -728,3 +728,24 @@ def test_an_interrupted_import_from_standard_input_does_not_promise_to_resume(tm
     assert process.returncode == 128 + signal.SIGINT, stderr
     assert "standard input cannot be resumed: feed it again from line" in stderr
     assert "run the same command again" not in stderr
+
+
+def test_saved_progress_for_another_destination_is_refused_by_name(receiver: Receiver, tmp_path: Path) -> None:
+    # The same file and state file sent to host B after host A: B got "skipped 3000" and nothing else.
+    source = write(tmp_path / "events.jsonl", track_lines(30))
+    to_a = run_import(receiver, "--state", "state.json", str(source), cwd=tmp_path)
+    assert to_a.returncode == 0, to_a.stderr
+    assert "test-token" not in (tmp_path / "state.json").read_text()  # a fingerprint of the key, never the key
+    with Receiver(token="other-token") as other:
+        command = [COMMAND, "import", "--host", other.url, "--write-key", "other-token", "--state", "state.json"]
+        to_b = subprocess.run(
+            [*command, str(source)], cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=60
+        )
+        assert to_b.returncode == 2, to_b.stderr
+        assert "is for another destination" in to_b.stderr and receiver.url in to_b.stderr
+        assert other.requests == []
+        again = subprocess.run(
+            [*command, "--restart", str(source)], cwd=tmp_path, env=environment(), capture_output=True, text=True
+        )
+        assert again.returncode == 0, again.stderr
+        assert other.wait_for(30) and len(set(other.message_ids())) == 30
