@@ -32,6 +32,7 @@ logger.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import hmac
 import importlib
@@ -42,9 +43,10 @@ import re
 import sys
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from threading import Lock
-from typing import IO, Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import IO, Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union, cast
 from uuid import NAMESPACE_URL, uuid5
 
 from .client import Client, Message
@@ -319,7 +321,7 @@ class Importer:
     # Sending. ------------------------------------------------------------------------
 
     def _send_file(self, source: _Source) -> None:
-        stream: BinaryIO = sys.stdin.buffer if source.path is None else open(source.path, "rb")  # noqa: SIM115
+        stream: BinaryIO = sys.stdin.buffer if source.path is None else _open_input(source.path)
         try:
             if source.offset:
                 stream.seek(source.offset)
@@ -643,7 +645,7 @@ class _ResumeState:
                 problem,
             )
             saved = None
-        with open(source.path, "rb") as stream:
+        with _open_input(source.path) as stream:
             if saved is not None and saved["offset"] > 0:
                 offset: int = saved["offset"]
                 digest = _digest_of(stream, offset)
@@ -672,6 +674,47 @@ class _ResumeState:
             raise ImportFilesError(
                 f"cannot save progress to {self._path} ({error}); choose another place for it", "state"
             ) from None
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _open_input(path: str) -> BinaryIO:
+    """An input file to read lines from; a gzip-compressed one (known by its first two bytes, whatever its
+    name) is decompressed as it is read, and its offsets and line numbers are those of the text inside."""
+    with open(path, "rb") as probe:
+        compressed = probe.read(2) == _GZIP_MAGIC
+    stream = _Gunzipped(path) if compressed else open(path, "rb")  # noqa: SIM115  (the caller closes it)
+    return cast(BinaryIO, stream)  # both read bytes by lines, seek and close: BinaryIO enough for this module
+
+
+class _Gunzipped(gzip.GzipFile):
+    """A gzip input whose damage (cut short, corrupt) is an ``ImportFilesError`` naming the file."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, "rb")
+        self._path = path
+
+    def _damaged(self, error: Exception) -> ImportFilesError:
+        return ImportFilesError(f"{self._path} is a damaged or incomplete gzip file: {error}")
+
+    def read(self, size: Optional[int] = -1) -> bytes:
+        try:
+            return super().read(size)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+            raise self._damaged(error) from None
+
+    def readline(self, size: Optional[int] = -1) -> bytes:
+        try:
+            return super().readline(size)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+            raise self._damaged(error) from None
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        try:
+            return super().seek(offset, whence)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+            raise self._damaged(error) from None
 
 
 def _destination(settings: Settings) -> Dict[str, str]:

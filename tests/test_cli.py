@@ -5,6 +5,7 @@ The ``receiver`` fixture (conftest.py) is a started ``Receiver`` taking the toke
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -749,3 +750,25 @@ def test_saved_progress_for_another_destination_is_refused_by_name(receiver: Rec
         )
         assert again.returncode == 0, again.stderr
         assert other.wait_for(30) and len(set(other.message_ids())) == 30
+
+
+def test_gzip_input_is_read_as_its_text_resumably_and_a_cut_one_is_refused(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    # A .jsonl.gz used to give 2,693 "line is not UTF-8 text" rejects.
+    lines = track_lines(300)
+    packed = tmp_path / "events.jsonl.gz"
+    packed.write_bytes(gzip.compress("".join(line + "\n" for line in lines).encode()))
+    first = run_import(receiver, "--rejects", "rejects.jsonl", str(packed), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert summary(first) == {"read": 300, "sent": 300, "rejected": 0, "skipped": 0}
+    assert not (tmp_path / "rejects.jsonl").exists()
+    again = run_import(receiver, str(packed), cwd=tmp_path)  # resumed like a plain file: nothing left to send
+    assert summary(again) == {"read": 0, "sent": 0, "rejected": 0, "skipped": 300}
+    assert len(set(receiver.message_ids())) == len(receiver.messages) == 300
+
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(packed.read_bytes()[: len(packed.read_bytes()) // 2])
+    broken = run_import(receiver, str(cut), cwd=tmp_path)
+    assert broken.returncode == 2, broken.stderr
+    assert "is a damaged or incomplete gzip file" in broken.stderr and "Traceback" not in broken.stderr
