@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import re
+import stat
 import sys
 import threading
 import time
@@ -526,10 +527,17 @@ def _sources(names: Sequence[str]) -> List[_Source]:
             sources.append(_Source(name, None))
             continue
         try:
-            with open(name, "rb"):
-                pass
+            regular = stat.S_ISREG(os.stat(name).st_mode)  # before opening: opening a FIFO waits for a writer
+            if regular:
+                with open(name, "rb"):
+                    pass
         except OSError as error:
             raise ImportFilesError(f"cannot read {name}: {error.strerror}") from None
+        if not regular:  # a pipe (<(...), a FIFO) or a device: it can be read once, never measured or resumed
+            raise ImportFilesError(
+                f"{name} is not a regular file (a pipe or a device): it cannot be counted or resumed; "
+                f"send it through standard input instead: cat {name} | analytics-vitally import -"
+            )
         sources.append(_Source(name, os.path.realpath(name)))
     return sources
 

@@ -772,3 +772,25 @@ def test_gzip_input_is_read_as_its_text_resumably_and_a_cut_one_is_refused(
     broken = run_import(receiver, str(cut), cwd=tmp_path)
     assert broken.returncode == 2, broken.stderr
     assert "is a damaged or incomplete gzip file" in broken.stderr and "Traceback" not in broken.stderr
+
+
+def test_a_pipe_or_fifo_given_as_a_file_is_refused_with_a_clear_error(receiver: Receiver, tmp_path: Path) -> None:
+    # <(cat f) used to end in a FileNotFoundError traceback; a FIFO was opened three times (the first
+    # close lost the writer's data), then the run hung and ignored SIGTERM.
+    fifo = tmp_path / "events.fifo"
+    os.mkfifo(fifo)
+    refused = run(*importing(receiver, str(fifo))[1:], cwd=tmp_path, timeout=30)  # no writer: must not wait for one
+    assert refused.returncode == 2, refused.stderr
+    assert "is not a regular file" in refused.stderr and "Traceback" not in refused.stderr
+    source = write(tmp_path / "events.jsonl", track_lines(3))
+    piped = subprocess.run(
+        ["bash", "-c", f'exec "$0" import --host {receiver.url} --write-key {TOKEN} <(cat "$1")', COMMAND, source],
+        cwd=tmp_path,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert piped.returncode == 2, piped.stderr
+    assert "is not a regular file" in piped.stderr and "Traceback" not in piped.stderr
+    assert receiver.requests == []
