@@ -270,6 +270,7 @@ class Importer:
         self._every = options.checkpoint_every
         self._sources = _sources([os.fspath(name) for name in options.files])
         self._client = self._make_client()
+        self._line_limit = max(_LINE_FLOOR, 4 * self._client.settings.max_batch_bytes)
         self._state = _ResumeState(
             None if self._dry_run else options.state, options.restart, _destination(self._client.settings)
         )
@@ -327,14 +328,18 @@ class Importer:
             if source.offset:
                 stream.seek(source.offset)
             unfinished: Optional[bytes] = None
-            for raw in stream:
-                if source.path is not None and not raw.endswith(b"\n"):
+            limit = self._line_limit
+            while raw := stream.readline(limit + 1):  # never more than the limit in memory
+                if len(raw) > limit and not raw.endswith(b"\n"):
+                    self._reject_long_line(source, stream, raw)
+                elif source.path is not None and not raw.endswith(b"\n"):
                     unfinished = raw  # the file's writer may not have finished this line yet
                     break
-                source.line += 1
-                source.offset += len(raw)
-                source.digest.update(raw)
-                self._send_line(source, raw, source.line)
+                else:
+                    source.line += 1
+                    source.offset += len(raw)
+                    source.digest.update(raw)
+                    self._send_line(source, raw, source.line)
                 self._advance()
                 if self._failure is not None:
                     raise _Stop
@@ -356,6 +361,25 @@ class Importer:
         finally:
             if stream is not sys.stdin.buffer:
                 stream.close()
+
+    def _reject_long_line(self, source: _Source, stream: BinaryIO, head: bytes) -> None:
+        """Reject a line longer than any message can be, reading the rest of it in pieces: only its
+        start is kept (for the rejects file), so memory stays bounded whatever the file."""
+        source.line += 1
+        length = len(head)
+        source.offset += length
+        source.digest.update(head)
+        while piece := stream.readline(1 << 20):
+            length += len(piece)
+            source.offset += len(piece)
+            source.digest.update(piece)
+            if piece.endswith(b"\n"):
+                break
+        source.read += 1
+        source.since_checkpoint += 1
+        start = head[:_SHOWN_START].decode("utf-8", "replace")
+        reason = f"line is {length:,} bytes, longer than any message can be ({self._line_limit:,}); its start is kept"
+        self._reject(source, source.line, reason, start)
 
     def _advance(self) -> None:
         self._lines += 1
@@ -685,6 +709,11 @@ class _ResumeState:
 
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_LINE_FLOOR = 1 << 16
+"""Lines up to four times max_batch_bytes (at least this) are read whole; a longer one cannot hold
+one message however it is spaced, and is rejected without being held."""
+_SHOWN_START = 1000
+"""Characters of an over-long line kept in the rejects file."""
 
 
 def _open_input(path: str) -> BinaryIO:

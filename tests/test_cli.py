@@ -794,3 +794,35 @@ def test_a_pipe_or_fifo_given_as_a_file_is_refused_with_a_clear_error(receiver: 
     assert piped.returncode == 2, piped.stderr
     assert "is not a regular file" in piped.stderr and "Traceback" not in piped.stderr
     assert receiver.requests == []
+
+
+def test_a_huge_line_is_rejected_by_its_start_within_bounded_memory(receiver: Receiver, tmp_path: Path) -> None:
+    # A 1 GB line (sparse: NUL bytes) in a process allowed 800 MB of address space. The whole line used
+    # to be read at once: a MemoryError traceback and exit 1 (a 200 MB line took 1,235 MB of RSS).
+    resource = pytest.importorskip("resource")
+    good = track_lines(2)
+    source = tmp_path / "huge.jsonl"
+    with source.open("wb") as stream:
+        stream.write((good[0] + "\n").encode())
+        stream.write(b'{"type": "track", "pad": "')
+        stream.seek(stream.tell() + (1 << 30))
+        stream.write(b'"}\n' + (good[1] + "\n").encode())
+
+    def small_address_space() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (800 << 20, 800 << 20))
+
+    done = subprocess.run(
+        importing(receiver, "--rejects", "rejects.jsonl", str(source)),
+        cwd=tmp_path,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=small_address_space,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]  # one line rejected
+    assert "Traceback" not in done.stderr and "MemoryError" not in done.stderr
+    assert summary(done) == {"read": 3, "sent": 2, "rejected": 1, "skipped": 0}
+    [entry] = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
+    assert entry["line"] == 2 and "longer than any message can be" in entry["error"]
+    assert entry["text"].startswith('{"type": "track", "pad": "') and len(entry["text"]) <= 1000
