@@ -41,6 +41,7 @@ from analytics_vitally.testing import Receiver, Reply
 
 from .conftest import TOKEN
 from .test_recipes import (  # the fixtures are used by name
+    WORKER_READY_HOOK,
     CeleryRig,
     StartServer,
     assert_delivered_once,
@@ -209,7 +210,7 @@ def test_gunicorn_green_workers_deliver_every_request_at_sigterm(
         pytest.skip(f"this gunicorn has no {worker_class} worker (eventlet's needs gunicorn<24)")
     (tmp_path / "green_wsgi.py").write_text(LONG_INTERVAL_APP.format(module="wsgi_app", name="application"))
     ready = tmp_path / "gunicorn_ready.py"  # see the gunicorn test in test_recipes.py
-    ready.write_text("def post_worker_init(worker):\n    print('worker ready', worker.pid, flush=True)\n")
+    ready.write_text(WORKER_READY_HOOK)
     argv = ["gunicorn", "--worker-class", worker_class, "--workers", "2", "--bind", f"fd://{listener.fileno()}"]
     argv += ["--config", str(ready), *gunicorn_options(), *(["--preload"] if preload else [])]
     env = {**server_env, "PYTHONPATH": os.pathsep.join([str(tmp_path), server_env["PYTHONPATH"]])}

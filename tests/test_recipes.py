@@ -144,6 +144,15 @@ def assert_delivered_once(receiver: Receiver, message_ids: List[str]) -> None:
 # gunicorn -------------------------------------------------------------------------------
 
 
+WORKER_READY_HOOK = """
+import os
+
+def post_worker_init(worker):
+    os.write(1, f"worker ready {worker.pid}\\n".encode())  # one write: workers print at the same time
+"""
+"""A gunicorn config file: each worker says when its signal handlers are set."""
+
+
 def gunicorn_options() -> List[str]:
     from gunicorn.config import KNOWN_SETTINGS
 
@@ -159,7 +168,7 @@ def test_gunicorn_workers_deliver_every_request_at_sigterm(
     # Each worker says when its signal handlers are set: gunicorn (27) sends SIGTERM to its workers
     # once, and a worker still booting would miss it and keep the master waiting graceful_timeout.
     ready = tmp_path / "gunicorn_ready.py"
-    ready.write_text("def post_worker_init(worker):\n    print('worker ready', worker.pid, flush=True)\n")
+    ready.write_text(WORKER_READY_HOOK)
     argv = ["gunicorn", "--workers", "2", "--bind", f"fd://{listener.fileno()}", "--config", str(ready)]
     argv += [*gunicorn_options(), *(["--preload"] if preload else [])]
     server = start_server(
