@@ -13,6 +13,7 @@ error, turns Ctrl-C and SIGTERM into ``Importer.stop()``, and prints the summary
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -38,6 +39,7 @@ from .importer import (
     ImportOptions,
     ImportReport,
 )
+from .settings import Settings
 from .spool import DEAD_LETTER
 from .spool import inspect as inspect_spool
 from .version import VERSION
@@ -314,21 +316,35 @@ def _serve(args: argparse.Namespace) -> int:
 def _spool(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.directory):
         return _fail(f"{args.directory} is not a directory")
+    given = {"write_key": args.write_key, "subdomain": args.subdomain, "host": args.host}
     if not args.send:
         print(inspect_spool(args.directory).text())
+        with contextlib.suppress(ConfigurationError):  # without a write key and host: nothing to compare
+            print(f"the destination given here: {Settings(**given).resolved().fingerprint}")
         return 0
     if args.verbose:
         logging.getLogger("analytics_vitally").setLevel(logging.DEBUG)
-    sent, refused, kept = send_leftovers(
-        args.directory, write_key=args.write_key, subdomain=args.subdomain, host=args.host
-    )
+    mine = Settings(**given).resolved().fingerprint
+    sent, refused, kept = send_leftovers(args.directory, **given)
     if kept:
         print(f"not delivered: {kept} message(s) stay in {args.directory}", file=sys.stderr)
         return 1
     print(f"sent {sent}, refused {refused} (written to {os.path.join(args.directory, DEAD_LETTER)})")
-    held = inspect_spool(args.directory).pending
+    left = inspect_spool(args.directory).files
+    held = sum(file.pending for file in left if file.live)
     if held:
         print(f"{held} message(s) belong to processes still running: they send them", file=sys.stderr)
+    others: Dict[str, int] = {}
+    for file in left:
+        if not file.live and file.pending and file.owner not in ("", mine):
+            others[file.owner] = others.get(file.owner, 0) + file.pending
+    if others:  # never sent with this key: they may be another Vitally account's
+        listed = ", ".join(f"{count} for {owner}" for owner, count in sorted(others.items()))
+        print(
+            f"left for other destinations ({listed}; this one is {mine}): run spool --send with their "
+            "write key and host",
+            file=sys.stderr,
+        )
     return 1 if refused else 0
 
 

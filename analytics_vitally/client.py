@@ -45,7 +45,7 @@ class Client:
         self._transport = Transport(self.settings)
         chosen = self.settings
         self._spool = (
-            Spool(chosen.spool, max_bytes=chosen.max_spool_bytes, fsync=chosen.spool_fsync)
+            Spool(chosen.spool, max_bytes=chosen.max_spool_bytes, fsync=chosen.spool_fsync, owner=chosen.fingerprint)
             if chosen.spool is not None and chosen.send
             else None
         )
@@ -311,13 +311,16 @@ class Client:
 def send_leftovers(directory: str, **settings: Any) -> Tuple[int, int, int]:
     """Deliver what processes that are gone left in the spool ``directory``; ``(sent, refused, kept)``.
 
-    Refused messages go to the spool's dead letters; ``kept`` counts messages that could not be
-    delivered for a reason that may pass (they stay, and it stops there). Settings as ``Client``'s.
+    Only files written for the same destination (the endpoint and the write key the settings give,
+    see ``Settings.fingerprint``), or by versions that did not record one, are sent. Refused messages
+    go to the spool's dead letters; ``kept`` counts messages that could not be delivered for a reason
+    that may pass (they stay, and it stops there). Settings as ``Client``'s.
 
         sent, refused, kept = send_leftovers("/var/spool/vitally", subdomain="acme")
     """
-    transport = Transport(Settings(**{**settings, "spool": directory}).resolved())
-    spool = Spool(directory, scan_interval=0)
+    chosen = Settings(**{**settings, "spool": directory}).resolved()
+    transport = Transport(chosen)
+    spool = Spool(directory, scan_interval=0, owner=chosen.fingerprint)
     sent = refused = 0
     try:
         while True:

@@ -7,6 +7,8 @@ both fill this dataclass; defaults, environment fallbacks and checks live here.
 from __future__ import annotations
 
 import collections.abc
+import hashlib
+import hmac
 import ipaddress
 import logging
 import os
@@ -93,6 +95,16 @@ class Settings:
         if self.host:
             return self.host.rstrip("/") + BATCH_PATH
         return f"https://{self.subdomain}.api.vitally.io{BATCH_PATH}"
+
+    @property
+    def fingerprint(self) -> str:
+        """Names where these settings send (the endpoint and the write key) without showing the key.
+
+        16 hex digits of an HMAC-SHA-256 keyed by the write key over the endpoint: the same for the
+        same key and endpoint, and no help in guessing the key. Spool files and the importer's saved
+        progress record it, so neither is ever sent to another Vitally account.
+        """
+        return hmac.new((self.write_key or "").encode(), self.url.encode(), hashlib.sha256).hexdigest()[:16]
 
     def _check_types(self) -> None:
         for name, expected in _TYPES.items():

@@ -51,7 +51,7 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 from . import lifecycle
 from .errors import ConfigurationError
@@ -78,7 +78,10 @@ Token = int
 """Names one record of one ``Spool``: ``(file key << 32) | offset``. Meaningless to other processes."""
 
 _FILE_MAGIC = b"VTLYSPL1"
-_FILE_HEADER = struct.Struct("<8sIId")  # magic, writer pid, segment number, creation time (Unix)
+_FILE_HEADER = struct.Struct("<8sIId16s")  # magic, writer pid, segment number, creation time (Unix), owner
+_ANYONE = bytes(16)
+"""The owner of files written before owners were recorded (adopted by any spool), and of a spool made
+without one (which adopts any file)."""
 _RECORDS_START = 64
 _RECORD = struct.Struct("<2sBBII")  # mark, state, unused, length of the data, CRC-32 of the data
 _HEADER = _RECORD.size
@@ -140,6 +143,7 @@ class Spool:
         segment_bytes: Optional[int] = None,
         retry_delay: float = RETRY_DELAY,
         scan_interval: float = SCAN_INTERVAL,
+        owner: str = "",
     ) -> None:
         _require_flock()
         if max_bytes < MIN_MAX_BYTES:
@@ -155,6 +159,12 @@ class Spool:
         self.segment_bytes = segment_bytes
         self._retry_delay = retry_delay
         self._scan_interval = scan_interval
+        self.owner = owner
+        """Where the records go (``Settings.fingerprint``): written in each file; only files of the same
+        owner (or of none) are adopted. Empty: files of any owner are adopted."""
+        self._owner = owner.encode("ascii").ljust(16, b"\0")[:16] if owner else _ANYONE
+        self._passed_over: Set[str] = set()
+        """Files seen and left alone (another owner's, or not spool files): said once, not looked at again."""
         self._keys = itertools.count(1)  # never reset: a token from before a fork names no segment after it
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
@@ -503,7 +513,7 @@ class Spool:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             _allocate(handle, length, prefill)
-            os.pwrite(handle, _FILE_HEADER.pack(_FILE_MAGIC, self._pid, number, time.time()), 0)
+            os.pwrite(handle, _FILE_HEADER.pack(_FILE_MAGIC, self._pid, number, time.time(), self._owner), 0)
             memory = mmap.mmap(handle, length)
             try:
                 os.rename(temporary, path)
@@ -636,6 +646,8 @@ class Spool:
                 _remove_stale_temporary(path)
             if not name.endswith(SUFFIX) or name.startswith(self._writer + "-") or path in open_paths:
                 continue
+            if path in self._passed_over:
+                continue
             try:
                 candidates.append((os.stat(path).st_mtime, path))
             except OSError:
@@ -663,6 +675,19 @@ class Spool:
             head = os.pread(handle, _FILE_HEADER.size, 0)
             if status.st_size < _RECORDS_START or not head.startswith(_FILE_MAGIC):
                 log.warning("spool %s: %s is not a spool file (or it was cut short): left alone", self.directory, path)
+                self._passed_over.add(path)
+                os.close(handle)
+                return None
+            owner = _FILE_HEADER.unpack(head)[4]
+            if _ANYONE not in (owner, self._owner) and owner != self._owner:
+                # Another app's messages, for another Vitally account or host: never sent with our key.
+                log.info(
+                    "spool %s: %s holds messages for another destination (fingerprint %s): left for it",
+                    self.directory,
+                    path,
+                    _shown_owner(owner),
+                )
+                self._passed_over.add(path)
                 os.close(handle)
                 return None
             memory = mmap.mmap(handle, status.st_size)
@@ -768,12 +793,19 @@ def _read_records(
             continue
         following = _next_record(buffer, cursor + 1, stop)
         if following is None:
-            if buffer[cursor:stop].strip(b"\0"):  # not just the unwritten rest of the file
+            if not _only_zeros(buffer, cursor, stop):  # not just the unwritten rest of the file
                 skipped(cursor, stop - cursor)
             return found, stop, True
         skipped(cursor, following - cursor)
         cursor = following
     return found, cursor, False
+
+
+def _only_zeros(buffer: _Buffer, start: int, stop: int) -> bool:
+    """Whether ``buffer[start:stop]`` is all zero bytes, looked at 1 MiB at a time (a huge sparse file
+    must not be copied whole into memory)."""
+    window = 1 << 20
+    return not any(buffer[at : min(at + window, stop)].strip(b"\0") for at in range(start, stop, window))
 
 
 def _next_record(buffer: _Buffer, start: int, stop: int) -> Optional[int]:
@@ -815,6 +847,8 @@ class SpoolFile:
     """The PID of the process that wrote it (it may have been reused since)."""
     live: bool
     """A running process holds its lock: its writer, or a process that adopted it."""
+    owner: str
+    """The fingerprint of where its messages go (``Settings.fingerprint``); empty for older files."""
     skipped: int
     """Torn or corrupt stretches skipped (a live file's last record may be mid-write)."""
 
@@ -855,10 +889,12 @@ class SpoolReport:
             + (" (resend with analytics-vitally import)" if self.dead_letters else ""),
         ]
         for file in self.files:
-            owner = "held by a running process" if file.live else "its process has ended"
+            state = "held by a running process" if file.live else "its process has ended"
             torn = f", {file.skipped} torn stretch(es) skipped" if file.skipped else ""
+            destination = f", destination {file.owner}" if file.owner else ""
             lines.append(
-                f"  {file.name}: {file.pending} pending, {file.size:,} bytes, pid {file.writer}, {owner}{torn}"
+                f"  {file.name}: {file.pending} pending, {file.size:,} bytes, pid {file.writer}, {state}"
+                f"{destination}{torn}"
             )
         return "\n".join(lines)
 
@@ -878,17 +914,18 @@ def inspect(directory: Union[str, os.PathLike[str]]) -> SpoolReport:
         except OSError:
             continue  # deleted meanwhile
         skips: List[int] = []
-        writer = 0
+        writer, owner = 0, _ANYONE
         records: List[Tuple[int, int, int]] = []
         if content.startswith(_FILE_MAGIC) and len(content) >= _RECORDS_START:
-            writer = _FILE_HEADER.unpack_from(content)[1]
+            writer, owner = _FILE_HEADER.unpack_from(content)[1::3]
             records, _, _ = _read_records(content, _RECORDS_START, len(content), _counter(skips))
         waiting = [(offset, length) for offset, state, length in records if state != _DONE]
         for offset, length in waiting:
             stamp = _timestamp(content[offset + _HEADER : offset + _HEADER + length])
             if stamp is not None and (oldest is None or stamp < oldest):
                 oldest = stamp
-        files.append(SpoolFile(name, len(content), len(waiting), writer, live, len(skips)))
+        shown = "" if owner == _ANYONE else _shown_owner(owner)
+        files.append(SpoolFile(name, len(content), len(waiting), writer, live, shown, len(skips)))
         pending += len(waiting)
         pending_bytes += sum(length for _, length in waiting)
         total += len(content)
@@ -947,6 +984,13 @@ def _require_flock() -> None:
             "spool",
             "is not supported on Windows (it needs fcntl.flock and shared memory maps): leave spool unset",
         )
+
+
+def _shown_owner(owner: bytes) -> str:
+    """An owner as ``analytics-vitally spool`` shows it: its fingerprint, or "none" for older files."""
+    if owner == _ANYONE:
+        return "none (written before owners were recorded)"
+    return owner.rstrip(b"\0").decode("ascii", "replace")
 
 
 def _page_multiple(length: int) -> int:

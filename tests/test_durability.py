@@ -25,6 +25,7 @@ from typing import Any, Iterator, List
 import pytest
 
 from analytics_vitally import Client
+from analytics_vitally.settings import Settings
 from analytics_vitally.spool import DEAD_LETTER, Spool, inspect
 from analytics_vitally.testing import Receiver, Reply
 
@@ -140,9 +141,11 @@ def test_at_exit_with_vitally_down_what_is_left_stays_for_the_next_process(
     tmp_path: Path, receiver: Receiver, make_client: MakeClient
 ) -> None:
     spool, ids = tmp_path / "spool", tmp_path / "ids"
-    log = write_and_die(spool, ids, "http://127.0.0.1:9", 200, "", interval=0.01)  # port 9: nothing listens
-    assert inspect(spool).pending == 200
+    receiver.respond = lambda request: Reply(503, {"message": "down"})  # Vitally down: the same destination
+    log = write_and_die(spool, ids, receiver.url, 200, "", interval=0.01)
+    assert inspect(spool).pending == 200 and receiver.messages == []
     assert "200 message(s) left for a later process to send" in log and "lost" not in log
+    receiver.respond = None  # up again
     delivered_by_a_new_process(receiver, spool, accepted(ids), make_client)
 
 
@@ -357,3 +360,57 @@ def test_a_deleted_spool_directory_is_noticed_and_made_again(
         assert time.monotonic() < deadline, "calls still refused after the directory was made again"
         time.sleep(0.05)
     assert inspect(spool).pending >= 1  # what is accepted now is on disk again
+
+
+def test_a_shared_spool_never_sends_one_apps_messages_with_another_apps_key(tmp_path: Path) -> None:
+    # App A (key A, host A) died with 10 messages spooled; app B (key B, host B) on the same directory
+    # used to send all 10 to host B with key B: personal data into another Vitally account.
+    spool = tmp_path / "spool"
+    with Receiver(token="key-a") as host_a, Receiver(token="key-b") as host_b:
+        app_a = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent(
+                    f"""
+                    import time
+                    from analytics_vitally import Client
+                    client = Client("key-a", host={host_a.url!r}, spool={str(spool)!r}, upload_interval=60)
+                    for i in range(10):
+                        client.track("u", "e", {{"i": i}})
+                    print("spooled", flush=True)
+                    time.sleep(60)
+                    """
+                ),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert app_a.stdout is not None and app_a.stdout.readline().strip() == "spooled"
+        finally:
+            app_a.kill()  # SIGKILL: its 10 messages stay in the spool
+            app_a.wait()
+        with Client("key-b", host=host_b.url, spool=str(spool)) as app_b:
+            app_b.track("u", "b's own")
+            assert app_b.flush(timeout=10)
+        assert [message["event"] for message in host_b.messages] == ["b's own"]
+
+        a_fingerprint = Settings(write_key="key-a", host=host_a.url).resolved().fingerprint
+        report = inspect(spool)
+        assert {file.owner for file in report.files if file.pending} == {a_fingerprint}
+        listed = subprocess.run([COMMAND, "spool", str(spool)], capture_output=True, text=True, timeout=60)
+        assert f"destination {a_fingerprint}" in listed.stdout and "key-a" not in listed.stdout
+
+        command = [COMMAND, "spool", "--send", str(spool)]
+        as_b = subprocess.run(
+            [*command, "--write-key", "key-b", "--host", host_b.url], capture_output=True, text=True, timeout=60
+        )
+        assert "sent 0" in as_b.stdout and f"10 for {a_fingerprint}" in as_b.stderr, as_b.stderr
+        assert len(host_b.messages) == 1
+        as_a = subprocess.run(
+            [*command, "--write-key", "key-a", "--host", host_a.url], capture_output=True, text=True, timeout=60
+        )
+        assert as_a.returncode == 0, as_a.stderr
+        assert host_a.wait_for(10) and len(set(host_a.message_ids())) == 10
+        assert inspect(spool).pending == 0

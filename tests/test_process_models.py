@@ -34,7 +34,7 @@ from typing import Any, Dict, Iterable, List, Tuple
 import pytest
 
 from analytics_vitally.spool import inspect
-from analytics_vitally.testing import Receiver
+from analytics_vitally.testing import Receiver, Reply
 
 from .conftest import TOKEN, run_script
 from .test_recipes import (  # the fixtures are used by name
@@ -332,13 +332,13 @@ CRON_JOB = {
 }
 
 
-def fill_spool_and_kill(tmp_path: Path, spool: Path, count: int) -> List[str]:
-    """A process that cannot reach Vitally spools ``count`` messages and is SIGKILLed: their IDs."""
-    probe = socket.create_server(("127.0.0.1", 0))
-    closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    probe.close()  # nothing listens there: every batch fails with a refused connection
+def fill_spool_and_kill(receiver: Receiver, tmp_path: Path, spool: Path, count: int) -> List[str]:
+    """A process for whom Vitally is down (the receiver answers 503) spools ``count`` messages and is
+    SIGKILLed: their IDs. The same destination as the process that sends them later (a spool's files
+    are adopted only by a process with the same endpoint and write key)."""
+    receiver.respond = lambda request: Reply(503, {"message": "down"})
     ids = tmp_path / "spooled-ids.json"
-    code = SPOOLER.format(token=TOKEN, host=closed, spool=str(spool), count=count, ids=str(ids))
+    code = SPOOLER.format(token=TOKEN, host=receiver.url, spool=str(spool), count=count, ids=str(ids))
     spooler = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -355,7 +355,8 @@ def fill_spool_and_kill(tmp_path: Path, spool: Path, count: int) -> List[str]:
         _, stderr = spooler.communicate(timeout=10)
     assert spooler.returncode == -signal.SIGKILL, stderr.decode(errors="replace")[-2000:]
     spooled: List[str] = json.loads(ids.read_text())
-    assert inspect(str(spool)).pending == count  # all on disk, none delivered
+    assert inspect(str(spool)).pending == count and receiver.messages == []  # all on disk, none delivered
+    receiver.respond = None  # Vitally is up again
     return spooled
 
 
@@ -364,7 +365,7 @@ def test_a_short_lived_process_sends_the_whole_backlog_a_killed_one_left(
     receiver: Receiver, tmp_path: Path, ending: str
 ) -> None:
     spool = tmp_path / "spool"
-    spooled = fill_spool_and_kill(tmp_path, spool, BACKLOG)
+    spooled = fill_spool_and_kill(receiver, tmp_path, spool, BACKLOG)
     done = run_script(CRON_JOB[ending].format(token=TOKEN, url=receiver.url, spool=str(spool)))
     assert done.returncode == 0, done.stderr[-2000:]
     if ending == "flush":

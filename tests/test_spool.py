@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
@@ -614,3 +615,24 @@ def test_an_unusable_directory_is_a_configuration_error(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(ConfigurationError, match="spool"):
         Spool(blocker / "spool")
+
+
+def test_adopting_a_huge_sparse_file_copies_no_more_than_a_window(tmp_path: Path) -> None:
+    # Looking past the last record for anything but zeros used to copy the rest of the file:
+    # 2 GB more peak RSS for a 1 GB sparse file. Python's own allocations are what tracemalloc counts.
+    writer = Spool(tmp_path)
+    writer.append(message(0))
+    writer.close()
+    [left] = [path for path in tmp_path.iterdir() if path.name.endswith(".seg")]
+    with left.open("r+b") as stream:
+        stream.truncate(256 << 20)  # a hole of zeros after the records
+    adopter = Spool(tmp_path)
+    tracemalloc.start()
+    try:
+        found = adopter.recover(10)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [data for _, data in found] == [message(0)]
+    assert peak < 8 << 20, f"{peak:,} bytes allocated to read a 256 MiB file"
+    adopter.close()
