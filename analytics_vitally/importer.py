@@ -306,9 +306,14 @@ class Importer:
         if type(settings.get("max_queue_size", 0)) is int and settings.get("max_queue_size", 0) < least:
             settings["max_queue_size"] = least
         settings.update(send=not options.dry_run, sync_mode=False, thread=options.workers, on_error=on_error)
-        # Not VITALLY_SPOOL: a spool would keep what Vitally refused for a later process, and the
-        # import would save its progress past lines that were never delivered.
-        settings.setdefault("spool", "")
+        # No spool, not even VITALLY_SPOOL's: it would keep what Vitally refused for a later process,
+        # and the import would save its progress past lines that were never delivered.
+        if settings.get("spool"):
+            raise ConfigurationError(
+                "spool", "is not for imports: their saved progress resumes them, and a spool would let it pass "
+                "lines that were never delivered"
+            )
+        settings["spool"] = ""
         return Client(**settings)
 
     def _stopping(self) -> bool:

@@ -661,6 +661,7 @@ class Spool:
             return None  # deleted meanwhile by whoever had it
         except OSError as error:  # another user's file, say: processes sharing a spool must run as one user
             log.warning("spool %s: %s cannot be opened to adopt it: %s", self.directory, path, error)
+            self._passed_over.add(path)  # said once: not tried again every scan
             return None
         try:
             try:

@@ -25,6 +25,7 @@ from typing import Any, Iterator, List
 import pytest
 
 from analytics_vitally import Client
+from analytics_vitally.client import send_leftovers
 from analytics_vitally.settings import Settings
 from analytics_vitally.spool import DEAD_LETTER, Spool, inspect
 from analytics_vitally.testing import Receiver, Reply
@@ -414,3 +415,22 @@ def test_a_shared_spool_never_sends_one_apps_messages_with_another_apps_key(tmp_
         assert as_a.returncode == 0, as_a.stderr
         assert host_a.wait_for(10) and len(set(host_a.message_ids())) == 10
         assert inspect(spool).pending == 0
+
+
+def test_leftovers_are_sent_from_a_full_disk(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `analytics-vitally spool --send DIR` used to exit 2 on a full disk: nothing could drain the spool.
+    writer = Spool(tmp_path)
+    for i in range(3):
+        track = {"type": "track", "userId": "u", "event": "e", "properties": {}, "messageId": f"left-{i}"}
+        writer.append(json.dumps(track).encode())
+    writer.close()
+    spool_module = importlib.import_module("analytics_vitally.spool")
+
+    def no_space(handle: int, length: int, prefill: bool) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spool_module, "_allocate", no_space)
+    assert send_leftovers(str(tmp_path), write_key=TOKEN, host=receiver.url) == (3, 0, 0)
+    assert sorted(receiver.message_ids()) == ["left-0", "left-1", "left-2"]

@@ -5,6 +5,7 @@ The ``receiver`` fixture (conftest.py) is a started ``Receiver`` taking the toke
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -217,3 +218,13 @@ def test_rejected_lines_do_not_use_up_the_rate(receiver: Receiver, tmp_path: Pat
 
     assert (report.rejected, report.sent) == (100, 3)
     assert report.seconds < 5  # a slot of 0.1 s for each rejected line would take 10 s
+
+
+def test_an_import_refuses_a_spool_given_in_its_client_settings(tmp_path: Path) -> None:
+    # A spool keeps batches Vitally refused (401, 5xx) "for later": the import would save its progress
+    # past lines that were never delivered.
+    source = tmp_path / "events.jsonl"
+    source.write_text('{"type": "track", "userId": "u", "event": "e"}\n')
+    options = ImportOptions([str(source)], write_key="k", host="http://127.0.0.1:9", state=None, rejects=None)
+    with pytest.raises(ConfigurationError, match="spool is not for imports"):
+        Importer(dataclasses.replace(options, client_settings={"spool": str(tmp_path / "spool")})).run()
