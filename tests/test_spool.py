@@ -636,3 +636,16 @@ def test_adopting_a_huge_sparse_file_copies_no_more_than_a_window(tmp_path: Path
     assert [data for _, data in found] == [message(0)]
     assert peak < 8 << 20, f"{peak:,} bytes allocated to read a 256 MiB file"
     adopter.close()
+
+
+def test_a_file_that_cannot_be_adopted_is_warned_about_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It used to be warned about at every scan (every 5 s), for ever.
+    (tmp_path / "not-a-spool-file.seg").write_bytes(b"hello" * 100)
+    spool = Spool(tmp_path, scan_interval=0)
+    with caplog.at_level(logging.WARNING, logger="analytics_vitally"):
+        for _ in range(5):
+            assert spool.recover(10) == []
+    assert caplog.text.count("is not a spool file") == 1
+    spool.close()
