@@ -403,10 +403,28 @@ LOST = re.compile(r"(\d+) message\(s\) not delivered")
 """How the library counts what it could not deliver (as in the exit drain's ERROR line)."""
 
 
+def _uvicorn_loads_the_app_before_its_handlers() -> bool:
+    """uvicorn 0.54 loads an app given by name in ``uvicorn.run`` (``Config.load_app``), before it sets its
+    signal handlers; 0.39, the last for Python 3.9, loads it inside them, as --workers always does."""
+    try:
+        import uvicorn
+    except ImportError:
+        return True  # the test skips itself
+    return hasattr(uvicorn.Config, "load_app")
+
+
 @pytest.mark.parametrize(
     "workers",
     [
-        1,
+        pytest.param(
+            1,
+            marks=pytest.mark.xfail(
+                not _uvicorn_loads_the_app_before_its_handlers(),
+                strict=True,
+                reason="not solved with this uvicorn: it imports the app inside its own SIGTERM handler "
+                "(as --workers does below)",
+            ),
+        ),
         pytest.param(
             2,
             marks=pytest.mark.xfail(
