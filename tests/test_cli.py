@@ -46,16 +46,29 @@ def importing(receiver: Receiver, *args: str) -> List[str]:
     return [COMMAND, "import", "--host", receiver.url, "--write-key", TOKEN, *args]
 
 
-def start_import(receiver: Receiver, *args: str, cwd: Path) -> subprocess.Popen[str]:
+def start_import(receiver: Receiver, *args: str, cwd: Path, stdin: Optional[Any] = None) -> subprocess.Popen[str]:
     """An import running in the background, its output captured as text."""
     return subprocess.Popen(
         importing(receiver, *args),
         cwd=cwd,
         env=environment(),
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def interrupt(process: subprocess.Popen[str], receiver: Receiver, gate: threading.Event) -> str:
+    """Ctrl-C once 1,200 messages arrived (the gated receiver holds what comes next until then): its stderr."""
+    try:
+        assert receiver.wait_for(1200, timeout=30)
+        process.send_signal(signal.SIGINT)
+    finally:
+        gate.set()
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 128 + signal.SIGINT, stderr
+    return stderr
 
 
 def run_import(receiver: Receiver, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -282,14 +295,7 @@ def test_interrupted_import_saves_its_progress_and_resends_nothing(tmp_path: Pat
     receiver, gate = gated_receiver(after=1200)
     with receiver:
         process = start_import(receiver, "--checkpoint-every", "500", str(SAMPLE), cwd=tmp_path)
-        try:
-            assert receiver.wait_for(1200, timeout=30)
-            process.send_signal(signal.SIGINT)
-        finally:
-            gate.set()
-            _, stderr = process.communicate(timeout=30)
-        assert process.returncode == 128 + signal.SIGINT, stderr
-        assert "progress saved" in stderr
+        assert "progress saved" in interrupt(process, receiver, gate)
 
         resumed = run_import(receiver, str(SAMPLE), cwd=tmp_path)
 
@@ -711,22 +717,8 @@ def test_an_interrupted_import_from_standard_input_does_not_promise_to_resume(tm
     receiver, gate = gated_receiver(after=1200)
     with receiver:
         with SAMPLE.open("rb") as lines:
-            process = subprocess.Popen(
-                importing(receiver, "--checkpoint-every", "500", "-"),
-                cwd=tmp_path,
-                env=environment(),
-                stdin=lines,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        try:
-            assert receiver.wait_for(1200, timeout=30)
-            process.send_signal(signal.SIGINT)
-        finally:
-            gate.set()
-            _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 128 + signal.SIGINT, stderr
+            process = start_import(receiver, "--checkpoint-every", "500", "-", cwd=tmp_path, stdin=lines)
+        stderr = interrupt(process, receiver, gate)
     assert "standard input cannot be resumed: feed it again from line" in stderr
     assert "run the same command again" not in stderr
 
