@@ -60,17 +60,18 @@ message_ids = random.Random()
 """The source of message IDs: seeded from os.urandom, private (``random.seed()`` in the app cannot
 repeat IDs), and seeded again in every forked child."""
 
-_making_locks: Dict[int, _thread.LockType] = {}
+_making_locks: Dict[int, _thread.RLock] = {}
 
 
-def _making_lock() -> _thread.LockType:
-    """This process's lock for making process-wide objects: a plain lock, held only while objects
-    are made (never across a wait, so it cannot block a gevent hub); one per pid, so a fork that
-    happened while another thread held it leaves the child a free one."""
+def _making_lock() -> _thread.RLock:
+    """This process's lock for making process-wide objects and for the fork check: an OS lock, held
+    only while objects are made or reset (never across a wait, so it cannot block a gevent hub),
+    re-entrant (the fork handling may make one), and one per pid, so a fork that happened while
+    another thread held it leaves the child a free one."""
     pid = os.getpid()
     lock = _making_locks.get(pid)
     if lock is None:
-        lock = _making_locks.setdefault(pid, _thread.allocate_lock())
+        lock = _making_locks.setdefault(pid, _thread.RLock())
     return lock
 
 
