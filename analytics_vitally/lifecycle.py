@@ -35,7 +35,8 @@ import sys
 import threading
 import time
 import weakref
-from typing import Callable, Dict, Generic, Optional, Protocol, Set, Tuple, TypeVar
+from types import FrameType
+from typing import Any, Callable, Dict, Generic, Optional, Protocol, Set, Tuple, TypeVar
 
 log = logging.getLogger("analytics_vitally")
 
@@ -45,10 +46,12 @@ T = TypeVar("T")
 class _Process:
     """Who this process is: its pid as last seen by the fork handling."""
 
-    __slots__ = ("exiting", "pid")
+    __slots__ = ("deferred_sigterm", "exiting", "pid")
 
     def __init__(self) -> None:
         self.pid = os.getpid()
+        self.deferred_sigterm = False
+        """A chained server handler blocked SIGTERM on the main thread: the exit drain unblocks it."""
         self.exiting = False
         """The exit drain has begun: no new OS thread may be started any more (Python 3.12 on)."""
 
@@ -187,6 +190,7 @@ def after_fork() -> None:
     """In a forked child: forget everything that belongs to the parent, in the order the module docstring gives."""
     PROCESS.pid = os.getpid()
     PROCESS.exiting = False
+    _end_deferred_sigterm()  # a child forked during a graceful stop starts with SIGTERM unblocked
     message_ids.seed()
     _held.clear()  # the parent's threads do not exist here
     for worker in list(_workers):
@@ -208,20 +212,23 @@ def drain_at_exit() -> None:
     normally; a second run finds nothing left.
     """
     PROCESS.exiting = True
-    workers = list(_workers)
-    if not workers:
-        return
-    deadline = time.monotonic() + max(worker.exit_timeout for worker in workers)
-    for worker in workers:
-        lost = worker.close(max(0.0, deadline - time.monotonic()))
-        _held.discard(worker)
-        if lost:
-            log.error(
-                "%d message(s) not delivered at exit and not reported to on_error within exit_timeout=%ss: "
-                "they are lost",
-                lost,
-                worker.exit_timeout,
-            )
+    try:
+        workers = list(_workers)
+        if not workers:
+            return
+        deadline = time.monotonic() + max(worker.exit_timeout for worker in workers)
+        for worker in workers:
+            lost = worker.close(max(0.0, deadline - time.monotonic()))
+            _held.discard(worker)
+            if lost:
+                log.error(
+                    "%d message(s) not delivered at exit and not reported to on_error within exit_timeout=%ss: "
+                    "they are lost",
+                    lost,
+                    worker.exit_timeout,
+                )
+    finally:
+        _end_deferred_sigterm()
 
 
 _EXIT_PRIORITY = 20
@@ -271,16 +278,43 @@ def drain_on_sigterm() -> None:
     systemd on a plain script. The handler runs the exit drain (on a thread of its own, so
     that a lock held by the interrupted code cannot stop it; at most the largest
     ``exit_timeout`` and a second), then puts the default action back and raises SIGTERM
-    again: the process still ends by SIGTERM. A handler set by the program (or a server)
-    before or after is never replaced.
+    again: the process still ends by SIGTERM.
+
+    A Python handler found in place (a server's, set before it imported the app, as uvicorn's
+    workers do) is kept and chained: on SIGTERM it runs as before, after SIGTERM is blocked on
+    the main thread. A server that then puts the default action back and raises SIGTERM again
+    to end itself (uvicorn) leaves it pending until the exit drain has run (``atexit``, or the
+    multiprocessing finalizer), which unblocks it: the process still ends by SIGTERM.
     """
     if not hasattr(signal, "SIGTERM") or threading.current_thread() is not threading.main_thread():
         return
     try:
-        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        found = signal.getsignal(signal.SIGTERM)
+        if found is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _drain_then_end)
+        elif callable(found) and hasattr(signal, "pthread_sigmask") and not isinstance(found, _Chained):
+            signal.signal(signal.SIGTERM, _Chained(found))
     except (ValueError, OSError):  # not the main interpreter, or signals unavailable here
         pass
+
+
+class _Chained:
+    """A server's SIGTERM handler, run after SIGTERM is blocked on the main thread until the exit drain."""
+
+    def __init__(self, handler: Callable[[int, Optional[FrameType]], Any]) -> None:
+        self._handler = handler
+
+    def __call__(self, signum: int, frame: Optional[FrameType]) -> Any:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signum})
+        PROCESS.deferred_sigterm = True
+        return self._handler(signum, frame)
+
+
+def _end_deferred_sigterm() -> None:
+    """After the exit drain, on the main thread: a SIGTERM raised again meanwhile is delivered now."""
+    if PROCESS.deferred_sigterm and threading.current_thread() is threading.main_thread():
+        PROCESS.deferred_sigterm = False
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def _drain_then_end(signum: int, frame: object) -> None:

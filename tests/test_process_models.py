@@ -403,40 +403,7 @@ LOST = re.compile(r"(\d+) message\(s\) not delivered")
 """How the library counts what it could not deliver (as in the exit drain's ERROR line)."""
 
 
-def _uvicorn_loads_the_app_before_its_handlers() -> bool:
-    """uvicorn 0.54 loads an app given by name in ``uvicorn.run`` (``Config.load_app``), before it sets its
-    signal handlers; 0.39, the last for Python 3.9, loads it inside them, as --workers always does."""
-    try:
-        import uvicorn
-    except ImportError:
-        return True  # the test skips itself
-    return hasattr(uvicorn.Config, "load_app")
-
-
-@pytest.mark.parametrize(
-    "workers",
-    [
-        pytest.param(
-            1,
-            marks=pytest.mark.xfail(
-                not _uvicorn_loads_the_app_before_its_handlers(),
-                strict=True,
-                reason="not solved with this uvicorn: it imports the app inside its own SIGTERM handler "
-                "(as --workers does below)",
-            ),
-        ),
-        pytest.param(
-            2,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="not solved: uvicorn --workers imports the app inside its own SIGTERM handler and "
-                "restores SIG_DFL before raising the signal again, so no library code runs at the end; "
-                "the README's FastAPI recipe says to shut down in the lifespan there",
-            ),
-        ),
-    ],
-    ids=["one-process", "workers-2"],
-)
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "workers-2"])
 def test_uvicorn_without_lifespan_shutdown_loses_nothing_silently(
     start_server: StartServer,
     listener: socket.socket,
@@ -501,8 +468,5 @@ def test_uvicorn_without_lifespan_shutdown_loses_nothing_silently(
         f"{len(arrived)} of {len(sent)} arrived and {logged} were reported lost in the log "
         f"(exit status {status}, {served_by} worker(s) served); its output:\n{output[-2000:]}"
     )
-    if workers == 1:
-        assert (len(arrived), logged) == (len(sent), 0), outcome
-    else:
-        assert len(arrived) + logged == len(sent), outcome
+    assert (len(arrived), logged) == (len(sent), 0), outcome  # every one, also with --workers
     print(f"uvicorn workers={workers}: {len(arrived)} of {len(sent)} arrived, {logged} logged as lost")
