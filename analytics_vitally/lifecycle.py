@@ -19,8 +19,9 @@
   ``exit_timeout``; what can be neither delivered nor reported is counted in an ERROR line.
   A child of ``multiprocessing`` (fork, spawn or forkserver; ``Process`` or ``Pool``) leaves
   through ``os._exit`` after multiprocessing's finalizers, so the same drain is registered there
-  as a finalizer. ``os._exit`` called by the program, SIGKILL, and a SIGTERM with Python's
-  default handler (``Pool.terminate()``) skip both.
+  as a finalizer. A SIGTERM with its default action would skip both: ``drain_on_sigterm`` sets
+  a handler that drains first (or chains a server's handler so that the SIGTERM it raises again
+  waits for the drain). ``os._exit`` called by the program and SIGKILL skip everything.
 """
 
 from __future__ import annotations
