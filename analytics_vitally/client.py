@@ -17,7 +17,7 @@ from .messages import MAX_BATCH_MESSAGES, complete, normalize_ids, parameter, pr
 from .settings import Settings
 from .spool import Spool
 from .transport import Transport
-from .worker import Stats, Worker, settle_in_spool
+from .worker import Stats, Worker, readable, settle_in_spool
 
 log = logging.getLogger("analytics_vitally")
 
@@ -327,7 +327,9 @@ def send_leftovers(directory: str, **settings: Any) -> Tuple[int, int, int]:
             found = spool.recover(MAX_BATCH_MESSAGES)
             if not found:
                 return sent, refused, 0
-            batch = [(data.decode(), token) for token, data in found]
+            batch = readable(spool, found)  # a damaged record goes to the dead letters, as the worker does
+            if not batch:
+                continue
             outcome = transport.deliver([message for message, _ in batch])
             settle_in_spool(spool, batch, outcome)
             sent, refused = sent + outcome.sent, refused + len(outcome.rejected)

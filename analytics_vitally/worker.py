@@ -516,7 +516,7 @@ class Worker:
         if room <= 0:
             return
         try:
-            found = _readable(self._spool, self._spool.recover(room))
+            found = readable(self._spool, self._spool.recover(room))
         except Exception:  # a bug must not kill the thread; what is on disk stays there
             log.exception("reading the spool %s raised", self._spool.directory)
             found = []
@@ -557,10 +557,10 @@ class Worker:
         )
 
 
-def _readable(spool: Spool, records: List[Tuple[int, bytes]]) -> List[Tuple[str, int]]:
+def readable(spool: Spool, records: List[Tuple[int, bytes]]) -> List[Tuple[str, int]]:
     """Recovered records as ``(message, token)``; one that is not a JSON object in UTF-8 (damaged on
     disk in a way its checksum missed, or written by something else) goes to the dead letters."""
-    readable: List[Tuple[str, int]] = []
+    good: List[Tuple[str, int]] = []
     damaged: List[Tuple[int, bytes]] = []
     for token, data in records:
         try:
@@ -570,7 +570,7 @@ def _readable(spool: Spool, records: List[Tuple[int, bytes]]) -> List[Tuple[str,
         except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
             damaged.append((token, data))
             continue
-        readable.append((text, token))
+        good.append((text, token))
     if damaged:
         log.error(
             "spool %s: %d record(s) are not a JSON message (damaged?): moved to the dead letters",
@@ -579,7 +579,7 @@ def _readable(spool: Spool, records: List[Tuple[int, bytes]]) -> List[Tuple[str,
         )
         spool.dead_letter([data for _, data in damaged])
         spool.acknowledge([token for token, _ in damaged])
-    return readable
+    return good
 
 
 def settle_in_spool(spool: Spool, batch: List[Tuple[str, int]], outcome: Outcome) -> None:
@@ -607,4 +607,4 @@ def settle_in_spool(spool: Spool, batch: List[Tuple[str, int]], outcome: Outcome
         log.exception("the spool could not record what became of %d message(s)", len(batch))
 
 
-__all__ = ["Outcome", "Stats", "Worker", "settle_in_spool"]
+__all__ = ["Outcome", "Stats", "Worker", "readable", "settle_in_spool"]

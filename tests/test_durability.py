@@ -434,3 +434,14 @@ def test_leftovers_are_sent_from_a_full_disk(
     monkeypatch.setattr(spool_module, "_allocate", no_space)
     assert send_leftovers(str(tmp_path), write_key=TOKEN, host=receiver.url) == (3, 0, 0)
     assert sorted(receiver.message_ids()) == ["left-0", "left-1", "left-2"]
+
+
+def test_spool_send_moves_a_damaged_record_to_the_dead_letters(tmp_path: Path, receiver: Receiver) -> None:
+    # send_leftovers decoded records itself: a non-UTF-8 one ended `spool --send` with a traceback.
+    writer = Spool(tmp_path)
+    writer.append(b"\xff\xfe not a message")
+    track = {"type": "track", "userId": "u", "event": "e", "properties": {}, "messageId": "m"}
+    writer.append(json.dumps(track).encode())
+    writer.close()
+    assert send_leftovers(str(tmp_path), write_key=TOKEN, host=receiver.url) == (1, 0, 0)
+    assert (tmp_path / DEAD_LETTER).read_bytes() == b"\xff\xfe not a message\n"
