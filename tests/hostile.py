@@ -9,7 +9,10 @@ Each accepted connection runs on its own thread: it reads requests one after the
 each to ``answer(peer, request)``, which writes whatever it likes and returns True to keep the
 connection open for the next request. ``request.index`` numbers requests across all connections,
 so ``first(n, hostile)`` misbehaves only on the first ``n``. With ``tls=True`` it speaks HTTPS with
-a self-signed certificate for 127.0.0.1: trust it with ``REQUESTS_CA_BUNDLE=certificate_file()``.
+a self-signed certificate for 127.0.0.1: trust it with ``REQUESTS_CA_BUNDLE=certificate_file()``
+(or give ``tls=`` a server ``ssl.SSLContext`` of your own). With ``read_body=False`` an answer gets
+each request as soon as its head arrived, its body still unread: ``peer.linger()`` then ends the
+connection the way a server answering early does.
 The server stops itself after ``lifetime`` seconds; stopping (or leaving the ``with`` block) closes
 every connection.
 """
@@ -25,7 +28,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 __all__ = [
     "HostileServer",
@@ -35,6 +38,7 @@ __all__ = [
     "continue_flood",
     "echo_headers",
     "endless_chunked",
+    "expired_certificate_file",
     "first",
     "huge_body",
     "interim",
@@ -42,6 +46,7 @@ __all__ = [
     "ok",
     "ok_then_close",
     "reply",
+    "server_context",
     "trickle_body",
     "trickle_headers",
     "trickle_after_status",
@@ -84,8 +89,9 @@ class Peer:
     def stopping(self) -> bool:
         return self.server.stopped.is_set()
 
-    def read_request(self) -> Optional[RawRequest]:
-        """The next request on this connection; None once the client closed it or the server stops."""
+    def read_request(self, read_body: bool = True) -> Optional[RawRequest]:
+        """The next request on this connection; None once the client closed it or the server stops.
+        Without ``read_body`` the request's ``body`` is empty and its bytes are left unread."""
         while b"\r\n\r\n" not in self._buffer:
             if not self._receive():
                 return None
@@ -95,11 +101,22 @@ class Peer:
             name, _, value = line.decode("latin-1").partition(":")
             headers[name.strip().lower()] = value.strip()
         length = int(headers.get("content-length", "0"))
+        if not read_body:
+            return self.server._record(head, headers, b"")
         while len(self._buffer) < length:
             if not self._receive():
                 return None
         body, self._buffer = self._buffer[:length], self._buffer[length:]
         return self.server._record(head, headers, body)
+
+    def read_body(self, request: RawRequest) -> bytes:
+        """Read the body a ``read_body=False`` server left unread; it also becomes ``request.body``."""
+        length = int(request.headers.get("content-length", "0"))
+        while len(self._buffer) < length:
+            if not self._receive():
+                break
+        request.body, self._buffer = self._buffer[:length], self._buffer[length:]
+        return request.body
 
     def _receive(self) -> bool:
         while not self.stopping:
@@ -135,16 +152,37 @@ class Peer:
         """Sleep up to ``seconds``; True if the server stopped meanwhile."""
         return self.server.stopped.wait(seconds)
 
+    def linger(self, seconds: float = 10.0) -> None:
+        """End the connection as a server that answered before reading the body does (nginx's
+        lingering close): stop writing, then read and discard what the client still sends until it
+        closes or ``seconds`` pass, so the answer is not lost to a reset."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        ends = time.monotonic() + seconds
+        while time.monotonic() < ends and self._receive():
+            self._buffer = b""
+
 
 class HostileServer:
     """A raw-socket HTTP server on 127.0.0.1 answering every request with ``answer``; a context manager."""
 
-    def __init__(self, answer: Answer, *, tls: bool = False, lifetime: float = 60.0) -> None:
+    def __init__(
+        self,
+        answer: Answer,
+        *,
+        tls: Union[bool, ssl.SSLContext] = False,
+        lifetime: float = 60.0,
+        read_body: bool = True,
+    ) -> None:
         self.answer = answer
+        self.read_body = read_body
         self._tls: Optional[ssl.SSLContext] = None
-        if tls:
-            self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            self._tls.load_cert_chain(certificate_file(), _key_file())
+        if isinstance(tls, ssl.SSLContext):
+            self._tls = tls
+        elif tls:
+            self._tls = server_context()
         self.lifetime = lifetime
         self.stopped = threading.Event()
         self.connections = 0
@@ -234,7 +272,7 @@ class HostileServer:
                 peer.sock = self._tls.wrap_socket(sock, server_side=True)
             peer.sock.settimeout(0.05)  # short, so every loop sees the server stop
             while True:
-                request = peer.read_request()
+                request = peer.read_request(self.read_body)
                 if request is None or not self.answer(peer, request):
                     break
         except OSError:
@@ -269,7 +307,40 @@ P4am82QXwHR73SD9rEX1c45/pBuhRANCAASiNgVaUnvI2AP8abZht/N3jHL92f3q
 +gaKEyctWePoxsXScQW+k/VVxF4wPf8lwNjYfT6QbESyeF4sCFhAKp8N
 -----END PRIVATE KEY-----
 """
+# The same for a certificate that expired on 2020-01-02 (trusted as its own CA, so only its dates fail).
+EXPIRED_CERTIFICATE = """-----BEGIN CERTIFICATE-----
+MIIBYDCCAQagAwIBAgIUPm/AfM7Lu7tTdBnx4tflGR5sdpowCgYIKoZIzj0EAwIw
+FDESMBAGA1UEAwwJMTI3LjAuMC4xMB4XDTIwMDEwMTAwMDAwMFoXDTIwMDEwMjAw
+MDAwMFowFDESMBAGA1UEAwwJMTI3LjAuMC4xMFkwEwYHKoZIzj0CAQYIKoZIzj0D
+AQcDQgAEL3vRxCHM5hZa6KTZtcPduHyLbYRRZ1kAcVHuscm0UyqBqF9JD9/I1k5k
+wX03gnisKpZkys9qoaV8I5wDoxDZ0qM2MDQwDwYDVR0RBAgwBocEfwAAATAMBgNV
+HRMBAf8EAjAAMBMGA1UdJQQMMAoGCCsGAQUFBwMBMAoGCCqGSM49BAMCA0gAMEUC
+IQD9Hkf3LUvBrWAe/okyhDkg42Xl8gEctOFSQk39b2AdsgIgLFgxmgETSgzXzlxE
+n1Cw+BdKlVhM+AaHayT5cmEc1aw=
+-----END CERTIFICATE-----
+"""
+_EXPIRED_KEY = """-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgr95xPg8TlIvBLg8V
+huohlI5EsJpufck/apWy5t1DJZ6hRANCAAQve9HEIczmFlropNm1w924fItthFFn
+WQBxUe6xybRTKoGoX0kP38jWTmTBfTeCeKwqlmTKz2qhpXwjnAOjENnS
+-----END PRIVATE KEY-----
+"""
 _files: Dict[str, str] = {}
+
+
+def expired_certificate_file() -> str:
+    """A file holding ``EXPIRED_CERTIFICATE``: trusting it leaves only the expiry to fail."""
+    return _written("expired.pem", EXPIRED_CERTIFICATE)
+
+
+def server_context(*, expired: bool = False) -> ssl.SSLContext:
+    """A server TLS context with the 127.0.0.1 certificate (or the expired one), to change before use."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if expired:
+        context.load_cert_chain(expired_certificate_file(), _written("expired-key.pem", _EXPIRED_KEY))
+    else:
+        context.load_cert_chain(certificate_file(), _key_file())
+    return context
 
 
 def certificate_file() -> str:

@@ -744,9 +744,7 @@ def test_saved_progress_for_another_destination_is_refused_by_name(receiver: Rec
         assert other.wait_for(30) and len(set(other.message_ids())) == 30
 
 
-def test_gzip_input_is_read_as_its_text_resumably_and_a_cut_one_is_refused(
-    receiver: Receiver, tmp_path: Path
-) -> None:
+def test_gzip_input_is_read_as_its_text_resumably_and_a_cut_one_is_refused(receiver: Receiver, tmp_path: Path) -> None:
     # A .jsonl.gz used to give 2,693 "line is not UTF-8 text" rejects.
     lines = track_lines(300)
     packed = tmp_path / "events.jsonl.gz"

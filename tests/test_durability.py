@@ -107,8 +107,9 @@ def test_sigkill_at_random_moments_loses_no_accepted_call(
     delivered_by_a_new_process(receiver, spool, expected, make_client, unrecorded=3)
 
 
-def test_three_writers_killed_together_one_new_process_sends_all(
-    tmp_path: Path, receiver: Receiver, make_client: MakeClient
+@pytest.mark.parametrize(("writers", "count"), [(3, 300), (20, 60)], ids=["3 writers", "20 writers"])
+def test_writers_killed_together_one_new_process_sends_all(
+    tmp_path: Path, receiver: Receiver, make_client: MakeClient, writers: int, count: int
 ) -> None:
     spool = tmp_path / "spool"
     code = [
@@ -119,22 +120,23 @@ def test_three_writers_killed_together_one_new_process_sends_all(
                 spool=str(spool),
                 interval=60,
                 ids=str(tmp_path / f"ids{n}"),
-                count=300,
+                count=count,
                 ending="time.sleep(60)",
             )
         )
-        for n in range(3)
+        for n in range(writers)
     ]
-    writers = [subprocess.Popen([sys.executable, "-c", c]) for c in code]
-    deadline = time.monotonic() + 30
-    while sum(len(accepted(tmp_path / f"ids{n}")) for n in range(3)) < 900:
-        assert time.monotonic() < deadline
+    processes = [subprocess.Popen([sys.executable, "-c", c]) for c in code]
+    deadline = time.monotonic() + 60
+    while sum(len(accepted(tmp_path / f"ids{n}")) for n in range(writers)) < writers * count:
+        assert time.monotonic() < deadline and all(process.poll() is None for process in processes)
         time.sleep(0.01)
-    for writer in writers:
-        writer.send_signal(signal.SIGKILL)
-    for writer in writers:
-        writer.wait(10)
-    expected = [i for n in range(3) for i in accepted(tmp_path / f"ids{n}")]
+    for process in processes:
+        process.send_signal(signal.SIGKILL)
+    for process in processes:
+        assert process.wait(10) == -signal.SIGKILL
+    expected = [i for n in range(writers) for i in accepted(tmp_path / f"ids{n}")]
+    assert len(expected) == writers * count
     delivered_by_a_new_process(receiver, spool, expected, make_client)
 
 

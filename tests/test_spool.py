@@ -638,9 +638,7 @@ def test_adopting_a_huge_sparse_file_copies_no_more_than_a_window(tmp_path: Path
     adopter.close()
 
 
-def test_a_file_that_cannot_be_adopted_is_warned_about_once(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_file_that_cannot_be_adopted_is_warned_about_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # It used to be warned about at every scan (every 5 s), for ever.
     (tmp_path / "not-a-spool-file.seg").write_bytes(b"hello" * 100)
     spool = Spool(tmp_path, scan_interval=0)
