@@ -26,6 +26,7 @@ from types import FrameType
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .client import send_leftovers
+from .console import ConsoleOutput
 from .errors import ConfigurationError
 from .importer import (
     DEFAULT_REJECTS,
@@ -33,7 +34,6 @@ from .importer import (
     MAX_CHECKPOINT_EVERY,
     MAX_WORKERS,
     RATE_LIMITS,
-    ConsoleOutput,
     Importer,
     ImportFilesError,
     ImportOptions,
@@ -215,7 +215,7 @@ def _stop_on_signals(importer: Importer, started: float) -> List[int]:
     def on_signal(number: int, frame: Optional[FrameType]) -> None:
         if received:
             try:
-                print(_counts(importer._report(time.monotonic() - started)), flush=True)
+                print(_counts(importer.report(time.monotonic() - started)), flush=True)
                 print(
                     "quit at once by a second signal: lines after the last saved progress are sent again "
                     "by the next run",

@@ -376,8 +376,8 @@ def test_progress_bar_on_a_terminal(receiver: Receiver, tmp_path: Path) -> None:
 def test_plain_progress_without_tqdm_or_terminal(receiver: Receiver, tmp_path: Path) -> None:
     without_tqdm = "import sys; sys.modules['tqdm'] = None; from analytics_vitally.cli import main; sys.exit(main())"
     every_line = (
-        "import sys, analytics_vitally.cli as cli, analytics_vitally.importer as importer; "
-        "importer.PROGRESS_INTERVAL = 0; sys.exit(cli.main())"
+        "import sys, analytics_vitally.cli as cli, analytics_vitally.console as console; "
+        "console.PROGRESS_INTERVAL = 0; sys.exit(cli.main())"
     )
     arguments = importing(receiver, "--restart", str(SAMPLE))[1:]
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import importlib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from analytics_vitally import Client
 from analytics_vitally.client import send_leftovers
 from analytics_vitally.settings import Settings
 from analytics_vitally.spool import DEAD_LETTER, Spool, inspect
+from analytics_vitally.spool import files as spool_files
 from analytics_vitally.testing import Receiver, Reply
 
 from .conftest import COMMAND, TOKEN, MakeClient
@@ -322,9 +322,7 @@ def test_no_space_when_the_client_is_made_is_a_warning_not_an_error(
     tmp_path: Path, receiver: Receiver, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The same logic without a tmpfs: the spool's allocation fails with ENOSPC until "space returns".
-    spool_module = importlib.import_module("analytics_vitally.spool")  # the package's own `spool` is a setting
-
-    allocate = spool_module._allocate
+    allocate = spool_files.allocate
     full = [True]
 
     def allocate_on_a_full_disk(handle: int, length: int, prefill: bool) -> None:
@@ -332,7 +330,7 @@ def test_no_space_when_the_client_is_made_is_a_warning_not_an_error(
             raise OSError(errno.ENOSPC, "No space left on device")
         allocate(handle, length, prefill)
 
-    monkeypatch.setattr(spool_module, "_allocate", allocate_on_a_full_disk)
+    monkeypatch.setattr(spool_files, "allocate", allocate_on_a_full_disk)
     client = make_client(spool=str(tmp_path))
     assert client.track("u", "refused")[0] is False
     full[0] = False
@@ -428,12 +426,11 @@ def test_leftovers_are_sent_from_a_full_disk(
         track = {"type": "track", "userId": "u", "event": "e", "properties": {}, "messageId": f"left-{i}"}
         writer.append(json.dumps(track).encode())
     writer.close()
-    spool_module = importlib.import_module("analytics_vitally.spool")
 
     def no_space(handle: int, length: int, prefill: bool) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(spool_module, "_allocate", no_space)
+    monkeypatch.setattr(spool_files, "allocate", no_space)
     assert send_leftovers(str(tmp_path), write_key=TOKEN, host=receiver.url) == (3, 0, 0)
     assert sorted(receiver.message_ids()) == ["left-0", "left-1", "left-2"]
 

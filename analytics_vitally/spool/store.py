@@ -1,4 +1,4 @@
-"""An on-disk spool: accepted messages survive the death of the process.
+"""``Spool``: the records one process has accepted, in files that outlive it.
 
     spool = Spool("/var/spool/vitally")
     token = spool.append(data)          # the caller's thread: a memory copy, no system call
@@ -7,15 +7,14 @@
     for token, data in spool.recover(1000):   # what dead processes left, and retry_later() records
         ...
 
-The format. Each process writes its own segment files, ``<pid>-<nonce>-<seq>.seg``: a 64-byte
-file header, then records, each a 12-byte header (mark, state, length, CRC-32 of the data) and
-the data. A segment is allocated in full when it is made (zeros written, or ``posix_fallocate``),
-so a full disk fails the making of a file (append returns None), never a write into the map
-(which would be SIGBUS), and mapped ``MAP_SHARED``: an append is a memory copy into the page
-cache. Once ``append`` returns, the record is the kernel's: it survives SIGKILL, OOM kills and
-crashes of the process (not a power cut, unless ``fsync=True``). ``acknowledge`` flips the
-record's state byte (also a memory copy), so a process that adopts the file later skips what
-was delivered; a file whose records are all acknowledged is deleted once it is full.
+Writing. Each process writes its own segment files (format.py describes them). A segment is
+allocated in full when it is made (zeros written, or ``posix_fallocate``), so a full disk fails the
+making of a file (append returns None), never a write into the map (which would be SIGBUS), and
+mapped ``MAP_SHARED``: an append is a memory copy into the page cache. Once ``append`` returns, the
+record is the kernel's: it survives SIGKILL, OOM kills and crashes of the process (not a power cut,
+unless ``fsync=True``). ``acknowledge`` flips the record's state byte (also a memory copy), so a
+process that adopts the file later skips what was delivered; a file whose records are all
+acknowledged is deleted once it is full.
 
 Ownership. A process holds an exclusive ``flock`` on each of its files for as long as it has
 them open; the kernel drops it when the process dies, however it dies. ``recover`` takes
@@ -27,9 +26,6 @@ forked child shares, so an unlock in the child would unlock the parent's file. A
 parent's descriptors and maps, which leaves the parent's locks in place, and writes files of
 its own.
 
-Torn records (the process killed in the middle of a copy, a damaged disk) fail the length or
-checksum test; reading skips to the next valid record header and logs what it skipped.
-
 Needs ``fcntl.flock`` and ``mmap``: Linux and macOS (and other Unixes). On Windows ``Spool()``
 and ``inspect()`` raise ``ConfigurationError``. The directory must be on a local file system:
 flock over NFS is emulated with POSIX locks, which closing any descriptor of the file drops.
@@ -37,27 +33,41 @@ flock over NFS is emulated with POSIX locks, which closing any descriptor of the
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import heapq
 import itertools
-import json
 import logging
 import mmap
 import os
-import struct
-import sys
 import threading
 import time
-import zlib
-from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Set, Tuple, Union
 
-from . import lifecycle
-from .errors import ConfigurationError
-
-if sys.platform != "win32":
-    import fcntl
+from .. import lifecycle
+from ..errors import ConfigurationError
+from .files import (
+    Segment,
+    lock_orphan,
+    log_skipped,
+    make_file,
+    page_multiple,
+    remove_stale_temporary,
+    require_flock,
+    sync_range,
+    write_dead_letters,
+)
+from .format import (
+    DONE,
+    HEADER,
+    MARK,
+    PENDING,
+    RECORDS_START,
+    SUFFIX,
+    crc32,
+    owner_bytes,
+    pack_record_header,
+    read_records,
+)
 
 log = logging.getLogger("analytics_vitally")
 
@@ -70,33 +80,15 @@ RETRY_DELAY = 30.0
 """Seconds before a record handed back with ``retry_later()`` is offered again by ``recover()``."""
 SCAN_INTERVAL = 5.0
 """Seconds between two looks for files of dead processes (the first ``recover()`` looks at once)."""
-DEAD_LETTER = "dead-letter.jsonl"
-"""Messages Vitally rejected for good, one per line: ``analytics-vitally import`` reads this file."""
-SUFFIX = ".seg"
 
 Token = int
 """Names one record of one ``Spool``: ``(file key << 32) | offset``. Meaningless to other processes."""
 
-_FILE_MAGIC = b"VTLYSPL1"
-_FILE_HEADER = struct.Struct("<8sIId16s")  # magic, writer pid, segment number, creation time (Unix), owner
-_ANYONE = bytes(16)
-"""The owner of files written before owners were recorded (adopted by any spool), and of a spool made
-without one (which adopts any file)."""
-_RECORDS_START = 64
-_RECORD = struct.Struct("<2sBBII")  # mark, state, unused, length of the data, CRC-32 of the data
-_HEADER = _RECORD.size
-_MARK = b"\xf5\xa9"  # bytes no JSON text (ASCII) contains, so a search for the next record finds headers only
-_PENDING = 0x50
-_DONE = 0x44
 _OFFSET = (1 << 32) - 1
-_STALE_TEMPORARY = 60.0
 _LOG_INTERVAL = 10.0
 _MAKE_RETRY = 1.0
-_ZEROS = bytes(1 << 18)
 _NO_SPACE = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 """A full file system, or the user's quota: a state that passes, not a wrong setting."""
-_pack_header = _RECORD.pack_into
-_crc32 = zlib.crc32
 
 
 class Spool:
@@ -129,9 +121,9 @@ class Spool:
       signal handlers on the main thread only), or from a main thread whose handlers do not append.
     """
 
-    _active: Optional[_Segment]
+    _active: Optional[Segment]
     """Where ``append`` writes, at ``_end``."""
-    _spare: Optional[_Segment]
+    _spare: Optional[Segment]
     """The next segment, made ahead of need by a worker thread."""
 
     def __init__(
@@ -145,7 +137,7 @@ class Spool:
         scan_interval: float = SCAN_INTERVAL,
         owner: str = "",
     ) -> None:
-        _require_flock()
+        require_flock()
         if max_bytes < MIN_MAX_BYTES:
             raise ValueError(f"max_bytes must be at least {MIN_MAX_BYTES:,}, not {max_bytes:,}")
         if segment_bytes is None:
@@ -162,7 +154,7 @@ class Spool:
         self.owner = owner
         """Where the records go (``Settings.fingerprint``): written in each file; only files of the same
         owner (or of none) are adopted. Empty: files of any owner are adopted."""
-        self._owner = owner.encode("ascii").ljust(16, b"\0")[:16] if owner else _ANYONE
+        self._owner = owner_bytes(owner)
         self._passed_over: Set[str] = set()
         """Files seen and left alone (another owner's, or not spool files): said once, not looked at again."""
         self._keys = itertools.count(1)  # never reset: a token from before a fork names no segment after it
@@ -200,7 +192,7 @@ class Spool:
         self._busy = False
         self._closed = False
         self._active = None
-        self._end = _RECORDS_START
+        self._end = RECORDS_START
         self._spare = None
         self._preparing = False
         self._bytes_made = 0
@@ -215,8 +207,8 @@ class Spool:
         )
         self._acks = 0
         self._acks_seen = 0
-        self._segments: Dict[int, _Segment] = {}
-        self._sealed: List[_Segment] = []
+        self._segments: Dict[int, Segment] = {}
+        self._sealed: List[Segment] = []
         self._retry: List[Tuple[float, Token]] = []  # a heap: the record due first on top
         self._adopting: List[str] = []
         self._scanned_at: Optional[float] = None
@@ -232,7 +224,7 @@ class Spool:
         Never raises. Once it returns a token the record survives the death of the process
         (and a power cut with ``fsync=True``).
         """
-        size = _HEADER + len(data)
+        size = HEADER + len(data)
         with self._lock:
             if self._busy:  # re-entered by a signal handler on this thread: see the class docstring
                 return None
@@ -247,8 +239,8 @@ class Spool:
                     end = start + size
                     self._end = end
                     memory = segment.map
-                    _pack_header(memory, start, _MARK, _PENDING, 0, size - _HEADER, _crc32(data))
-                    memory[start + _HEADER : end] = data
+                    pack_record_header(memory, start, MARK, PENDING, 0, size - HEADER, crc32(data))
+                    memory[start + HEADER : end] = data
                     segment.records += 1
                 else:
                     self._refused += 1
@@ -261,7 +253,7 @@ class Spool:
             self._make_durable(segment, start, end)
         return segment.base | start
 
-    def _rotate(self, size: int) -> Optional[_Segment]:
+    def _rotate(self, size: int) -> Optional[Segment]:
         """A fresh active segment with room for a record of ``size`` bytes; None if refused (``_lock`` held).
 
         Takes the spare that a worker thread made ahead of time, or makes one here.
@@ -273,13 +265,13 @@ class Spool:
         if old is not None:
             self._seal(old)
             self._active = None
-        needed = _RECORDS_START + size
+        needed = RECORDS_START + size
         spare = self._spare
         if spare is not None and needed <= spare.size:
             self._spare = None
             new = spare
         else:
-            length = self.segment_bytes if needed <= self.segment_bytes else _page_multiple(needed)
+            length = self.segment_bytes if needed <= self.segment_bytes else page_multiple(needed)
             if length > self._room():
                 if old is not None or self._acks != self._acks_seen:  # else nothing can have become free
                     self._acks_seen = self._acks
@@ -297,7 +289,7 @@ class Spool:
                 return None
             self._bytes_made += length
         self._active = new
-        self._end = _RECORDS_START
+        self._end = RECORDS_START
         return new
 
     def _room(self) -> int:
@@ -310,9 +302,9 @@ class Spool:
         count, self._refused, self._refused_logged_at = self._refused, 0, now
         log.warning("spool %s refused %d message(s): %s", self.directory, count, self._refusal)
 
-    def _make_durable(self, segment: _Segment, start: int, end: int) -> None:
+    def _make_durable(self, segment: Segment, start: int, end: int) -> None:
         try:
-            _sync_range(segment, start, end)
+            sync_range(segment, start, end)
         except (OSError, ValueError) as error:  # ValueError: the map was closed (fork, exit) meanwhile
             log.error("spool %s: a record could not be synced to disk (fsync): %s", self.directory, error)
 
@@ -328,8 +320,8 @@ class Spool:
                     continue  # already deleted, or a token from before a fork
                 state = (token & _OFFSET) + 2
                 memory = segment.map
-                if memory[state] != _DONE:
-                    memory[state] = _DONE
+                if memory[state] != DONE:
+                    memory[state] = DONE
                     segment.acked += 1
                     self._acks += 1
             self._reclaim_locked()
@@ -409,43 +401,7 @@ class Spool:
         ]
         if not lines:
             return 0
-        data = b"".join(lines)
-        path = os.path.join(self.directory, DEAD_LETTER)
-        try:
-            # Never through a symbolic link planted in its place: the lines are personal data.
-            handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX)  # processes append whole lines, one at a time
-                status = os.fstat(handle)
-                if status.st_mode & 0o077:  # made by someone else, readable by others: for its owner only
-                    os.fchmod(handle, 0o600)
-                    log.warning("spool %s: %s was readable by others: now 0600", self.directory, path)
-                if status.st_size + len(data) > self.max_bytes:
-                    log.error(
-                        "%d message(s) rejected by Vitally not written to %s: it is larger than max_bytes=%d",
-                        len(lines),
-                        path,
-                        self.max_bytes,
-                    )
-                    return 0
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(handle, view) :]
-                if self.fsync:
-                    os.fsync(handle)
-            finally:
-                os.close(handle)
-        except OSError as error:
-            log.error("%d message(s) rejected by Vitally not written to %s: %s", len(lines), path, error)
-            return 0
-        log.warning(
-            "%d message(s) rejected by Vitally written to %s: resend them with `analytics-vitally import %s` "
-            "after fixing them",
-            len(lines),
-            path,
-            path,
-        )
-        return len(lines)
+        return write_dead_letters(self.directory, lines, self.max_bytes, self.fsync)
 
     @property
     def pending(self) -> int:
@@ -500,35 +456,16 @@ class Spool:
 
     # Inside. --------------------------------------------------------------------------
 
-    def _make(self, length: int, prefill: bool) -> _Segment:
+    def _make(self, length: int, prefill: bool) -> Segment:
         """A new segment file of ``length`` bytes, allocated, locked, mapped and registered; OSError if not.
 
-        Made under a temporary name and renamed once locked, so no process can take a file
-        that its writer has not locked yet. The caller counts it in ``_bytes_made``.
+        ``make_file`` makes it (under a temporary name, renamed once locked). The caller counts it
+        in ``_bytes_made``.
         """
         number = next(self._sequence)
         path = os.path.join(self.directory, f"{self._writer}-{number:06d}{SUFFIX}")
-        temporary = path + ".tmp"
-        handle = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            _allocate(handle, length, prefill)
-            os.pwrite(handle, _FILE_HEADER.pack(_FILE_MAGIC, self._pid, number, time.time(), self._owner), 0)
-            memory = mmap.mmap(handle, length)
-            try:
-                os.rename(temporary, path)
-                if self.fsync:
-                    _sync_file(handle)
-                    _sync_directory(self.directory)
-            except BaseException:
-                memory.close()
-                raise
-        except BaseException:
-            os.close(handle)
-            with contextlib.suppress(OSError):
-                _unlink(temporary)
-            raise
-        segment = _Segment(path, handle, memory, next(self._keys), owned=True)
+        handle, memory = make_file(self.directory, path, length, prefill, self._pid, number, self._owner, self.fsync)
+        segment = Segment(path, handle, memory, next(self._keys), owned=True)
         with self._ack_lock:
             self._segments[segment.key] = segment
         return segment
@@ -544,7 +481,7 @@ class Spool:
             self._preparing = True
             self._bytes_made += self.segment_bytes  # reserved now, so an append meanwhile sees the room left
         try:
-            segment: Optional[_Segment] = self._make(self.segment_bytes, prefill=True)
+            segment: Optional[Segment] = self._make(self.segment_bytes, prefill=True)
         except OSError as error:
             log.debug("spool %s: the next file could not be made ahead of time: %s", self.directory, error)
             segment = None
@@ -559,7 +496,7 @@ class Spool:
             self._seal(segment)  # closed meanwhile: nothing will be written to it
         self._reclaim()
 
-    def _seal(self, segment: _Segment) -> None:
+    def _seal(self, segment: Segment) -> None:
         with self._ack_lock:
             segment.sealed = True
             self._sealed.append(segment)
@@ -572,7 +509,7 @@ class Spool:
         """Delete the sealed files whose records are all acknowledged (``_ack_lock`` held)."""
         if not self._sealed:
             return
-        keep: List[_Segment] = []
+        keep: List[Segment] = []
         for segment in self._sealed:
             if segment.acked < segment.records:
                 keep.append(segment)
@@ -598,13 +535,13 @@ class Spool:
                     break
                 reading.append(segment)
             segment = reading[0]
-            records, segment.cursor, finished = _read_records(
-                segment.map, segment.cursor, limit - len(found), _log_skipped(segment.path)
+            records, segment.cursor, finished = read_records(
+                segment.map, segment.cursor, limit - len(found), log_skipped(segment.path)
             )
             new = [
-                (segment.base | offset, segment.map[offset + _HEADER : offset + _HEADER + length])
+                (segment.base | offset, segment.map[offset + HEADER : offset + HEADER + length])
                 for offset, state, length in records
-                if state != _DONE
+                if state != DONE
             ]
             with self._ack_lock:
                 segment.records += len(new)
@@ -616,7 +553,7 @@ class Spool:
             found.extend(new)
         return found
 
-    def _adopt_next(self, may_scan: bool) -> Optional[_Segment]:
+    def _adopt_next(self, may_scan: bool) -> Optional[Segment]:
         """Lock and map the next file whose writer is gone; None if there is none (for now)."""
         now = time.monotonic()
         if not self._adopting:
@@ -643,7 +580,7 @@ class Spool:
         for name in names:
             path = os.path.join(self.directory, name)
             if name.endswith(SUFFIX + ".tmp"):
-                _remove_stale_temporary(path)
+                remove_stale_temporary(path)
             if not name.endswith(SUFFIX) or name.startswith(self._writer + "-") or path in open_paths:
                 continue
             if path in self._passed_over:
@@ -654,416 +591,13 @@ class Spool:
                 continue
         return [path for _, path in sorted(candidates)]
 
-    def _adopt(self, path: str) -> Optional[_Segment]:
-        try:
-            handle = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None  # deleted meanwhile by whoever had it
-        except OSError as error:  # another user's file, say: processes sharing a spool must run as one user
-            log.warning("spool %s: %s cannot be opened to adopt it: %s", self.directory, path, error)
-            self._passed_over.add(path)  # said once: not tried again every scan
+    def _adopt(self, path: str) -> Optional[Segment]:
+        locked = lock_orphan(self.directory, path, self._owner, self._passed_over)
+        if locked is None:
             return None
-        try:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(handle)
-                return None  # its writer (or another adopter) is alive
-            status = os.fstat(handle)
-            if status.st_nlink == 0:  # deleted by the process that held the lock before us
-                os.close(handle)
-                return None
-            head = os.pread(handle, _FILE_HEADER.size, 0)
-            if status.st_size < _RECORDS_START or not head.startswith(_FILE_MAGIC):
-                log.warning("spool %s: %s is not a spool file (or it was cut short): left alone", self.directory, path)
-                self._passed_over.add(path)
-                os.close(handle)
-                return None
-            owner = _FILE_HEADER.unpack(head)[4]
-            if _ANYONE not in (owner, self._owner) and owner != self._owner:
-                # Another app's messages, for another Vitally account or host: never sent with our key.
-                log.info(
-                    "spool %s: %s holds messages for another destination (fingerprint %s): left for it",
-                    self.directory,
-                    path,
-                    _shown_owner(owner),
-                )
-                self._passed_over.add(path)
-                os.close(handle)
-                return None
-            memory = mmap.mmap(handle, status.st_size)
-        except OSError as error:
-            log.warning("spool %s: %s could not be adopted: %s", self.directory, path, error)
-            os.close(handle)
-            return None
-        writer = _FILE_HEADER.unpack(head)[1]
-        segment = _Segment(path, handle, memory, next(self._keys), owned=False)
+        handle, memory, writer = locked
+        segment = Segment(path, handle, memory, next(self._keys), owned=False)
         with self._ack_lock:
             self._segments[segment.key] = segment
         log.info("spool %s: adopted %s, written by process %d, which ended or closed it", self.directory, path, writer)
         return segment
-
-
-class _Segment:
-    """One open spool file: its descriptor (which holds the lock) and its map."""
-
-    __slots__ = ("acked", "base", "cursor", "fd", "key", "map", "owned", "path", "records", "sealed", "size")
-
-    def __init__(self, path: str, fd: int, memory: mmap.mmap, key: int, owned: bool) -> None:
-        self.path = path
-        self.fd = fd
-        self.map = memory
-        self.size = len(memory)
-        self.key = key
-        self.base = key << 32
-        self.owned = owned
-        self.records = 0
-        """Own: records appended. Adopted: pending records handed out by recover()."""
-        self.acked = 0
-        self.sealed = False
-        """Own: no more appends. Adopted: read to its end."""
-        self.cursor = _RECORDS_START
-        """Adopted: where reading resumes."""
-
-    def record(self, offset: int) -> Optional[bytes]:
-        """The data of the record at ``offset``, unless it is acknowledged."""
-        _, state, _, length, _ = _RECORD.unpack_from(self.map, offset)
-        if state == _DONE:
-            return None
-        return self.map[offset + _HEADER : offset + _HEADER + length]
-
-    def delete(self) -> None:
-        try:
-            _unlink(self.path)  # before closing: nobody can adopt a file between our unlock and its removal
-        except OSError as error:  # its records are all marked done: whoever adopts it finds nothing to send
-            log.warning("spool file %s could not be deleted: %s", self.path, error)
-        self.close()
-
-    def close(self, keep: Optional[int] = None, durable: bool = False) -> None:
-        """Unmap and close; ``keep`` cuts the file to that many bytes first. Releases the lock
-        once no other process (a forked child) holds a copy of the descriptor. Idempotent: a
-        descriptor number is never closed twice (it may name another file by then)."""
-        if self.fd < 0:
-            return
-        try:
-            self.map.close()
-            if keep is not None:
-                os.ftruncate(self.fd, keep)
-                if durable:
-                    _sync_file(self.fd)
-        except (OSError, ValueError) as error:
-            log.warning("spool file %s could not be closed cleanly: %s", self.path, error)
-        finally:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = -1
-
-
-# Reading records. ----------------------------------------------------------------------
-
-_Buffer = Union[bytes, mmap.mmap]
-
-
-def _valid(buffer: _Buffer, offset: int, stop: int) -> Optional[Tuple[int, int]]:
-    """``(state, length)`` of the record at ``offset`` if it is whole and its checksum matches."""
-    if offset + _HEADER > stop:
-        return None
-    mark, state, _, length, checksum = _RECORD.unpack_from(buffer, offset)
-    body = offset + _HEADER
-    if mark != _MARK or not 0 < length <= stop - body:
-        return None
-    if zlib.crc32(buffer[body : body + length]) != checksum:
-        return None
-    return state, length
-
-
-def _read_records(
-    buffer: _Buffer, cursor: int, limit: int, skipped: Callable[[int, int], None]
-) -> Tuple[List[Tuple[int, int, int]], int, bool]:
-    """Up to ``limit`` records from ``cursor``: ``[(offset, state, length)]``, the next cursor, and
-    whether the end was reached. A torn or corrupt stretch is skipped up to the next valid
-    record and reported to ``skipped(offset, length)``; zeros after the last record are the end."""
-    stop = len(buffer)
-    found: List[Tuple[int, int, int]] = []
-    while len(found) < limit:
-        valid = _valid(buffer, cursor, stop)
-        if valid is not None:
-            state, length = valid
-            found.append((cursor, state, length))
-            cursor += _HEADER + length
-            continue
-        following = _next_record(buffer, cursor + 1, stop)
-        if following is None:
-            if not _only_zeros(buffer, cursor, stop):  # not just the unwritten rest of the file
-                skipped(cursor, stop - cursor)
-            return found, stop, True
-        skipped(cursor, following - cursor)
-        cursor = following
-    return found, cursor, False
-
-
-def _only_zeros(buffer: _Buffer, start: int, stop: int) -> bool:
-    """Whether ``buffer[start:stop]`` is all zero bytes, looked at 1 MiB at a time (a huge sparse file
-    must not be copied whole into memory)."""
-    window = 1 << 20
-    return not any(buffer[at : min(at + window, stop)].strip(b"\0") for at in range(start, stop, window))
-
-
-def _next_record(buffer: _Buffer, start: int, stop: int) -> Optional[int]:
-    while True:
-        offset = buffer.find(_MARK, start, stop)
-        if offset < 0:
-            return None
-        if _valid(buffer, offset, stop) is not None:
-            return offset
-        start = offset + 1
-
-
-def _log_skipped(path: str) -> Callable[[int, int], None]:
-    def report(offset: int, length: int) -> None:
-        log.warning(
-            "spool: skipped %d byte(s) at offset %d of %s: a torn or corrupt record (cut by a kill in the "
-            "middle of a write, or damaged on disk); the records before and after it are kept",
-            length,
-            offset,
-            path,
-        )
-
-    return report
-
-
-# The report of `analytics-vitally spool DIR`. --------------------------------------------
-
-
-@dataclass(frozen=True)
-class SpoolFile:
-    """One segment file, as ``inspect`` saw it."""
-
-    name: str
-    size: int
-    """Apparent size on disk, in bytes."""
-    pending: int
-    """Records not acknowledged."""
-    writer: int
-    """The PID of the process that wrote it (it may have been reused since)."""
-    live: bool
-    """A running process holds its lock: its writer, or a process that adopted it."""
-    owner: str
-    """The fingerprint of where its messages go (``Settings.fingerprint``); empty for older files."""
-    skipped: int
-    """Torn or corrupt stretches skipped (a live file's last record may be mid-write)."""
-
-
-@dataclass(frozen=True)
-class SpoolReport:
-    """What a spool directory holds (``inspect``)."""
-
-    directory: str
-    pending: int
-    """Messages in the spool files, not acknowledged."""
-    pending_bytes: int
-    size: int
-    """The apparent size of the spool files, in bytes."""
-    oldest: Optional[str]
-    """The oldest ``timestamp`` among pending messages (Vitally's UTC form), if any has one."""
-    files: Tuple[SpoolFile, ...]
-    dead_letters: int
-    """Lines in ``dead-letter.jsonl``."""
-    dead_letter_bytes: int
-
-    @property
-    def orphaned(self) -> int:
-        """Pending messages in files no running process holds: the next process started with this
-        spool (or ``analytics-vitally spool --send``) sends them."""
-        return sum(file.pending for file in self.files if not file.live)
-
-    def text(self) -> str:
-        """The report as lines of text; the first reads ``N messages pending``."""
-        live = [file for file in self.files if file.live]
-        lines = [
-            f"{self.pending} messages pending",
-            f"{self.pending_bytes:,} bytes of messages in {len(self.files)} file(s), {self.size:,} bytes on disk",
-            f"oldest pending message: {self.oldest or 'none (or none has a timestamp)'}",
-            f"{len(live)} file(s) held by a running process, {len(self.files) - len(live)} left by processes "
-            f"that ended ({self.orphaned} messages to send)",
-            f"{self.dead_letters} dead letter(s) in {os.path.join(self.directory, DEAD_LETTER)}"
-            + (" (resend with analytics-vitally import)" if self.dead_letters else ""),
-        ]
-        for file in self.files:
-            state = "held by a running process" if file.live else "its process has ended"
-            torn = f", {file.skipped} torn stretch(es) skipped" if file.skipped else ""
-            destination = f", destination {file.owner}" if file.owner else ""
-            lines.append(
-                f"  {file.name}: {file.pending} pending, {file.size:,} bytes, pid {file.writer}, {state}"
-                f"{destination}{torn}"
-            )
-        return "\n".join(lines)
-
-
-def inspect(directory: Union[str, os.PathLike[str]]) -> SpoolReport:
-    """What ``directory`` holds, without changing it (a shared lock is taken for an instant to see
-    whether each file's writer lives; an adopter trying that instant waits for its next look)."""
-    _require_flock()
-    path = os.path.abspath(os.fspath(directory))
-    files: List[SpoolFile] = []
-    pending = pending_bytes = total = 0
-    oldest: Optional[str] = None
-    names = sorted(name for name in os.listdir(path) if name.endswith(SUFFIX))
-    for name in names:
-        try:
-            content, live = _read_for_report(os.path.join(path, name))
-        except OSError:
-            continue  # deleted meanwhile
-        skips: List[int] = []
-        writer, owner = 0, _ANYONE
-        records: List[Tuple[int, int, int]] = []
-        if content.startswith(_FILE_MAGIC) and len(content) >= _RECORDS_START:
-            writer, owner = _FILE_HEADER.unpack_from(content)[1::3]
-            records, _, _ = _read_records(content, _RECORDS_START, len(content), _counter(skips))
-        waiting = [(offset, length) for offset, state, length in records if state != _DONE]
-        for offset, length in waiting:
-            stamp = _timestamp(content[offset + _HEADER : offset + _HEADER + length])
-            if stamp is not None and (oldest is None or stamp < oldest):
-                oldest = stamp
-        shown = "" if owner == _ANYONE else _shown_owner(owner)
-        files.append(SpoolFile(name, len(content), len(waiting), writer, live, shown, len(skips)))
-        pending += len(waiting)
-        pending_bytes += sum(length for _, length in waiting)
-        total += len(content)
-    dead_letters = dead_letter_bytes = 0
-    try:
-        with open(os.path.join(path, DEAD_LETTER), "rb") as handle:
-            for line in handle:
-                dead_letters += bool(line.strip())
-                dead_letter_bytes += len(line)
-    except FileNotFoundError:
-        pass
-    return SpoolReport(path, pending, pending_bytes, total, oldest, tuple(files), dead_letters, dead_letter_bytes)
-
-
-def _counter(skips: List[int]) -> Callable[[int, int], None]:
-    def count(offset: int, length: int) -> None:
-        skips.append(length)
-
-    return count
-
-
-def _read_for_report(path: str) -> Tuple[bytes, bool]:
-    handle = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            live = False
-        except BlockingIOError:
-            live = True
-        chunks: List[bytes] = []
-        while True:
-            chunk = os.read(handle, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks), live
-    finally:
-        os.close(handle)  # drops our shared lock
-
-
-def _timestamp(data: bytes) -> Optional[str]:
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return None
-    stamp = value.get("timestamp") if isinstance(value, dict) else None
-    return stamp if isinstance(stamp, str) else None
-
-
-# The file system. ------------------------------------------------------------------------
-
-
-def _require_flock() -> None:
-    if sys.platform == "win32":
-        raise ConfigurationError(
-            "spool",
-            "is not supported on Windows (it needs fcntl.flock and shared memory maps): leave spool unset",
-        )
-
-
-def _shown_owner(owner: bytes) -> str:
-    """An owner as ``analytics-vitally spool`` shows it: its fingerprint, or "none" for older files."""
-    if owner == _ANYONE:
-        return "none (written before owners were recorded)"
-    return owner.rstrip(b"\0").decode("ascii", "replace")
-
-
-def _page_multiple(length: int) -> int:
-    return -(-length // mmap.PAGESIZE) * mmap.PAGESIZE
-
-
-def _allocate(handle: int, length: int, prefill: bool) -> None:
-    """Give the file ``length`` bytes of real blocks (never a sparse file: a write fault on a full
-    disk would kill the process with SIGBUS). ``prefill`` writes zeros, which costs a few ms per
-    MiB but makes the later first write to each page cheap (about 0.3 µs instead of 7 µs on ext4)."""
-    if not prefill and hasattr(os, "posix_fallocate"):
-        try:
-            os.posix_fallocate(handle, 0, length)
-            return
-        except OSError as error:
-            if error.errno == errno.ENOSPC:
-                raise
-    written = 0
-    zeros = memoryview(_ZEROS)
-    while written < length:
-        written += os.pwrite(handle, zeros[: min(len(zeros), length - written)], written)
-
-
-def _sync_range(segment: _Segment, start: int, end: int) -> None:
-    """Make a record survive a power cut. Linux: fdatasync, which writes mapped pages too and
-    releases the GIL (mmap.flush holds it for the whole msync). Elsewhere msync, then on macOS
-    F_FULLFSYNC, since fsync there does not flush the drive's cache."""
-    if sys.platform.startswith("linux"):
-        os.fdatasync(segment.fd)
-        return
-    first = start - start % mmap.PAGESIZE
-    segment.map.flush(first, end - first)
-    _sync_file(segment.fd)
-
-
-def _sync_file(handle: int) -> None:
-    full = getattr(fcntl, "F_FULLFSYNC", None)
-    if full is not None:
-        fcntl.fcntl(handle, full)
-    else:
-        os.fsync(handle)
-
-
-def _sync_directory(directory: str) -> None:
-    handle = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
-
-
-def _unlink(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def _remove_stale_temporary(path: str) -> None:
-    """A file still under its temporary name long after it was made: its maker died making it."""
-    try:
-        if time.time() - os.stat(path).st_mtime < _STALE_TEMPORARY:
-            return
-        handle = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if os.fstat(handle).st_nlink:
-            _unlink(path)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
-
-
-__all__ = ["DEAD_LETTER", "DEFAULT_MAX_BYTES", "Spool", "SpoolFile", "SpoolReport", "Token", "inspect"]
