@@ -20,6 +20,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from .client import Client, Message, Result
+from .delivery import Stats
 from .errors import (
     AnalyticsError,
     AuthenticationError,
@@ -31,7 +32,6 @@ from .errors import (
 from .lifecycle import PerProcess
 from .settings import SETTING_NAMES, ErrorCallback, Settings
 from .version import VERSION
-from .worker import Stats
 
 if TYPE_CHECKING:
     from typing import Concatenate, ParamSpec, TypeVar

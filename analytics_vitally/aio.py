@@ -22,8 +22,8 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 from .client import Client, Result
+from .delivery import Stats
 from .settings import Settings
-from .worker import Stats
 
 if TYPE_CHECKING:
     from types import TracebackType

@@ -25,8 +25,8 @@ import time
 from types import FrameType
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from .client import send_leftovers
 from .console import ConsoleOutput
+from .durable import send_leftovers
 from .errors import ConfigurationError
 from .importer import (
     DEFAULT_REJECTS,

@@ -11,13 +11,15 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from uuid import UUID
 
 from . import lifecycle
+from .delivery import Reporting, Stats
+from .durable import Durable
 from .encoding import encode, format_timestamp, now_timestamp
 from .errors import InvalidMessageError, InvalidTypeError
-from .messages import MAX_BATCH_MESSAGES, complete, normalize_ids, parameter, problems, wire_field
+from .messages import complete, normalize_ids, parameter, problems, wire_field
 from .settings import Settings
 from .spool import Spool
 from .transport import Transport
-from .worker import Stats, Worker, readable, settle_in_spool
+from .worker import Worker
 
 log = logging.getLogger("analytics_vitally")
 
@@ -41,33 +43,36 @@ class Client:
     """
 
     def __init__(self, write_key: Optional[str] = None, **settings: Any) -> None:
-        self.settings = Settings(write_key=write_key, **settings).resolved()
-        self._transport = Transport(self.settings)
-        chosen = self.settings
-        self._spool = (
-            Spool(chosen.spool, max_bytes=chosen.max_spool_bytes, fsync=chosen.spool_fsync, owner=chosen.fingerprint)
-            if chosen.spool is not None and chosen.send
-            else None
-        )
-        transport = self._transport
-        self._worker = Worker(
-            transport.deliver, self.settings, self._spool, transport.release, transport.abort, transport.get_ready
-        )
-        self._max_message_bytes = self.settings.max_batch_bytes - 2
-        self._dispatch: Callable[[str], bool] = (
-            _not_sent
-            if not self.settings.send
-            else self._worker.deliver_now
-            if self.settings.sync_mode
-            else self._worker.put
-        )
+        self.settings = chosen = Settings(write_key=write_key, **settings).resolved()
+        self._transport = Transport(chosen)
+        # The way of every message, chosen once: checked and encoded here; then queued in memory and
+        # reported when it fails for good (Reporting), or first written to the spool (Durable).
+        durable: Optional[Durable] = None
+        if chosen.spool is not None and chosen.send:
+            spool = Spool(
+                chosen.spool, max_bytes=chosen.max_spool_bytes, fsync=chosen.spool_fsync, owner=chosen.fingerprint
+            )
+            durable = Durable(spool, self._transport, chosen)
+            self._worker = durable.worker
+        else:
+            self._worker = Worker(Reporting(self._transport, chosen.on_error), chosen)
+        self._max_message_bytes = chosen.max_batch_bytes - 2
+        self._dispatch: Callable[[str], bool]
+        if not chosen.send:
+            self._dispatch = _not_sent
+        elif chosen.sync_mode:
+            self._dispatch = self._worker.deliver_now
+        elif durable is not None:
+            self._dispatch = durable.put
+        else:
+            self._dispatch = self._worker.put
         _configure_logging(self.settings)
         # Dropped by the program: the worker delivers what is left, then ends its threads and lets go
         # of its connections and spool files (the lifecycle module keeps it until then).
         weakref.finalize(self, self._worker.retire).atexit = False
         if self.settings.drain_on_sigterm and self.settings.send:
             lifecycle.drain_on_sigterm()
-        if self._spool is not None:
+        if durable is not None:
             self._worker.start()  # what earlier processes left is sent now, with no call needed
 
     def __repr__(self) -> str:
@@ -308,37 +313,6 @@ class Client:
         return replace(self._worker.stats(), retried=self._transport.retries)  # counted as they happen
 
 
-def send_leftovers(directory: str, **settings: Any) -> Tuple[int, int, int]:
-    """Deliver what processes that are gone left in the spool ``directory``; ``(sent, refused, kept)``.
-
-    Only files written for the same destination (the endpoint and the write key the settings give,
-    see ``Settings.fingerprint``), or by versions that did not record one, are sent. Refused messages
-    go to the spool's dead letters; ``kept`` counts messages that could not be delivered for a reason
-    that may pass (they stay, and it stops there). Settings as ``Client``'s.
-
-        sent, refused, kept = send_leftovers("/var/spool/vitally", subdomain="acme")
-    """
-    chosen = Settings(**{**settings, "spool": directory}).resolved()
-    transport = Transport(chosen)
-    spool = Spool(directory, scan_interval=0, owner=chosen.fingerprint)
-    sent = refused = 0
-    try:
-        while True:
-            found = spool.recover(MAX_BATCH_MESSAGES)
-            if not found:
-                return sent, refused, 0
-            batch = readable(spool, found)  # a damaged record goes to the dead letters, as the worker does
-            if not batch:
-                continue
-            outcome = transport.deliver([message for message, _ in batch])
-            settle_in_spool(spool, batch, outcome)
-            sent, refused = sent + outcome.sent, refused + len(outcome.rejected)
-            if outcome.kept:
-                return sent, refused, len(outcome.kept)
-    finally:
-        spool.close()
-
-
 _random = lifecycle.message_ids  # seeded again in a forked child
 _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
@@ -397,4 +371,4 @@ _getpid = os.getpid
 _process = lifecycle.PROCESS
 
 
-__all__ = ["Client", "Message", "Result", "send_leftovers"]
+__all__ = ["Client", "Message", "Result"]

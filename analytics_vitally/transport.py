@@ -1,8 +1,8 @@
 """HTTP delivery of batches: retries, error mapping, isolation of bad messages, bounded requests.
 
 ``Transport.deliver(items)`` posts already-encoded messages as one batch and
-never raises: what Vitally did not accept goes to ``on_error`` and the log, and
-the returned ``Outcome`` says what happened.
+never raises: the returned ``Outcome`` says what was delivered, and which messages
+were not and why (``failures``); it reports nothing itself.
 
 Whatever the server does, one request ends within ``timeout`` seconds (a watchdog
 thread shuts down the socket of a request past its deadline), at most
@@ -41,10 +41,10 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util import wait_for_read
 
 from . import lifecycle
+from .delivery import Failure, Outcome
 from .errors import AuthenticationError, DeliveryError
 from .settings import Settings
 from .version import VERSION
-from .worker import Outcome
 
 log = logging.getLogger("analytics_vitally")
 
@@ -108,9 +108,6 @@ class Transport:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._url = settings.url
-        self._on_error = settings.on_error
-        self._keeps_for_later = settings.spool is not None and settings.send
-        """With a spool, messages that failed for a reason that may pass stay in it instead of being reported."""
         self._headers = {
             "Authorization": f"Basic {settings.write_key}",
             "Content-Type": "application/json",
@@ -193,28 +190,32 @@ class Transport:
         _watchdog.get().fire_all(self)
 
     def deliver(self, items: List[str]) -> Outcome:
-        """Post encoded messages as one batch (splitting it if Vitally rejects some); never raises."""
+        """Post encoded messages as one batch (splitting it if Vitally rejects some); never raises.
+
+        What was not delivered is in the outcome's ``failures``, by position in ``items``: the
+        transport reports nothing; its caller decides what a failure means (``delivery.Reporting``,
+        ``durable.Durable``)."""
         if lifecycle.patched_since(self._made_with):  # gevent or eventlet patched threading since
             self._refresh_locks()
         outcome = Outcome()
-        self._deliver(items, outcome)
+        self._deliver(items, 0, outcome)
         return outcome
 
-    def _deliver(self, items: List[str], outcome: Outcome) -> None:
+    def _deliver(self, items: List[str], start: int, outcome: Outcome) -> None:
         try:
             self._post_with_retries(items, outcome)
         except DeliveryError as error:
             if error.status in SPLIT_STATUSES and len(items) > 1:
                 middle = len(items) // 2
                 log.debug("batch of %d rejected (%s); retrying its halves", len(items), error.status)
-                self._deliver(items[:middle], outcome)
-                self._deliver(items[middle:], outcome)
+                self._deliver(items[:middle], start, outcome)
+                self._deliver(items[middle:], start + middle, outcome)
                 return
-            self._fail(error, items, outcome)
+            outcome.failures.append(Failure(error, start, start + len(items)))
         except Exception as exception:  # a bug must not lose messages silently, nor kill the worker
             log.debug("unexpected error delivering a batch of %d", len(items), exc_info=True)
             why = f"not delivered: unexpected {type(exception).__name__}: {self._redact.text(exception)}"
-            self._fail(DeliveryError(why), items, outcome)
+            outcome.failures.append(Failure(DeliveryError(why), start, start + len(items)))
         else:
             outcome.sent += len(items)
             outcome.batches += 1
@@ -344,28 +345,6 @@ class Transport:
                 return "the client shut down during the request"
             return f"timed out after {self._settings.timeout}s"
         return f"{type(exception).__name__}: {self._redact.text(exception)}"
-
-    def _fail(self, error: DeliveryError, items: List[str], outcome: Outcome) -> None:
-        """Messages that will not be delivered now: reported, or with a spool kept if the reason may pass."""
-        refused = error.status is not None and 400 <= error.status < 500 and error.status not in (401, 408, 429)
-        if self._keeps_for_later and not refused:
-            outcome.kept += items
-            log.warning("%d message(s) not delivered, kept in the spool for a later try: %s", len(items), error)
-            return
-        outcome.failed += len(items)
-        if refused:
-            outcome.rejected += items
-        self._report(error, items)
-
-    def _report(self, error: DeliveryError, items: List[str]) -> None:
-        if self._on_error is None:
-            log.error("%d message(s) not delivered: %s", len(items), error)
-            return
-        log.info("%d message(s) not delivered (passed to on_error): %s", len(items), error)
-        try:
-            self._on_error(error, [json.loads(item) for item in items])
-        except Exception:
-            log.exception("on_error raised")
 
 
 class _Lane(Protocol):

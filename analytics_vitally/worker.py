@@ -1,34 +1,33 @@
 """The queue and the background threads that turn it into batches.
 
-Callers ``put()`` encoded messages without taking a lock; worker threads take
-batches of up to ``upload_size`` messages (and ``max_batch_bytes``) when that
-many are waiting, when the oldest has waited ``upload_interval`` seconds, on
-``flush()``, or on ``shutdown()``, and hand them to ``deliver``.
+Callers ``put()`` entries without taking a lock; worker threads take batches of up
+to ``upload_size`` entries (and ``max_batch_bytes``) when that many are waiting, when
+the oldest has waited ``upload_interval`` seconds, on ``flush()``, or on
+``shutdown()``, and hand them to a ``Delivery`` (``delivery.py``). An entry is an
+encoded message, or a ``(message, tag)`` pair whose tag the worker carries and never
+reads; what a batch means beyond that is the delivery's business.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from dataclasses import replace
+from typing import Any, Deque, Dict, List, Optional
 
 from . import lifecycle
+from .delivery import Delivery, Feed, Outcome, Stats
 from .servers import warn_if_threads_cannot_run
 from .settings import Settings
-from .spool import Spool
 
 log = logging.getLogger("analytics_vitally")
 
 DROP_LOG_INTERVAL = 10.0
 """Seconds between two log lines about a full queue."""
 _LIVENESS_CHECK = 0.25
-_RECOVER_INTERVAL = 1.0
-"""Seconds between two looks into the spool for messages to send again or left by dead processes."""
 _YIELD = 0.0 if sys.version_info >= (3, 11) else 1e-6
 """A yield of the GIL: from 3.11 a zero sleep enters the scheduler, so a waiting thread takes the GIL;
 before 3.11 a zero sleep returns at once (select with no timeout) and the caller keeps it, so it
@@ -37,47 +36,12 @@ _YIELD_EVERY = 64
 """With the queue half full (max_queue_size), a caller yields the GIL once in this many calls."""
 
 
-@dataclass
-class Outcome:
-    """What became of one batch handed to ``deliver`` (the transport's, or any callable's)."""
-
-    sent: int = 0
-    failed: int = 0
-    """Messages that failed for good, reported to on_error (or the log)."""
-    retried: int = 0
-    batches: int = 0
-    """Requests Vitally accepted."""
-    rejected: List[str] = field(default_factory=list)
-    """The items that failed for good because Vitally refused them (a spool writes them to its dead letters)."""
-    kept: List[str] = field(default_factory=list)
-    """The items not delivered for a reason that may pass, not reported: a spool keeps them for a later try."""
-
-
-@dataclass(frozen=True)
-class Stats:
-    """A snapshot of a client's counters (``Client.stats()``)."""
-
-    enqueued: int = 0
-    """Messages accepted by a call (queued, or sent at once in sync_mode)."""
-    sent: int = 0
-    """Messages Vitally accepted."""
-    failed: int = 0
-    """Messages that failed for good (each was reported to on_error)."""
-    dropped: int = 0
-    """Messages refused because the queue was full."""
-    retried: int = 0
-    """Requests that were tried again."""
-    batches: int = 0
-    """Requests Vitally accepted."""
-    queue_depth: int = 0
-    """Messages waiting in the queue now."""
-
-
 class Worker:
-    """A bounded queue of encoded messages and the threads that deliver it.
+    """A bounded queue of entries and the threads that hand it, in batches, to a ``Delivery``.
 
-    ``deliver(items) -> Outcome`` is any callable (the client passes its transport's);
-    it runs on a worker thread, or on the caller's in sync_mode.
+    ``delivery.deliver(batch) -> Outcome`` runs on a worker thread, or on the caller's in
+    sync_mode. A ``Feed``, when given, adds entries from elsewhere (what earlier processes left on disk):
+    ``flush()`` waits for its backlog too.
 
     How the threads agree (CPython, with the GIL):
 
@@ -104,23 +68,9 @@ class Worker:
       lock and threads; what the parent had queued is the parent's to send.
     """
 
-    def __init__(
-        self,
-        deliver: Callable[[List[str]], Outcome],
-        settings: Settings,
-        spool: Optional[Spool] = None,
-        thread_ended: Optional[Callable[[], None]] = None,
-        abandon: Optional[Callable[[], None]] = None,
-        thread_started: Optional[Callable[[], None]] = None,
-    ) -> None:
-        self._deliver = deliver
-        self._thread_started = thread_started
-        """Called on each worker thread as it starts (the transport gets ready to connect)."""
-        self._thread_ended = thread_ended
-        """Called on each worker thread as it ends (the transport closes that thread's connection)."""
-        self._abandon = abandon
-        """Called by ``close()`` when time runs out (the transport stops retrying and ends requests)."""
-        self._spool = spool
+    def __init__(self, delivery: Delivery, settings: Settings, feed: Optional[Feed] = None) -> None:
+        self._delivery = delivery
+        self._feed = feed
         self.exit_timeout = settings.exit_timeout
         self._size = settings.upload_size
         self._interval = settings.upload_interval
@@ -131,12 +81,12 @@ class Worker:
         self._thread_count = settings.thread
         self._retired = False
         self._reset()
-        self._leftovers = spool is not None
-        """The spool's leftovers from earlier processes are still being read into the queue: flush() waits."""
+        self._backlog = feed is not None
+        """The feed's backlog is still being read into the queue: flush() waits for it."""
         lifecycle.track_worker(self)
 
     def _reset(self) -> None:
-        self._pending: Deque[Any] = deque()  # encoded messages; with a spool, (message, spool token) pairs
+        self._pending: Deque[Any] = deque()  # entries: encoded messages, or (message, tag) pairs
         # Re-entrant: a signal handler that calls flush() while this thread is inside a locked
         # section (track(), stats()) must get the lock, not deadlock; its wait releases it.
         self._cond = threading.Condition(threading.RLock())
@@ -150,7 +100,6 @@ class Worker:
         self._closed = False
         self._sent_in_sync_mode = 0
         self._calls_backed_up = 0
-        self._next_recovery = 0.0
         self._nudged = False
         self._oldest: Optional[float] = None
         self._stats = Stats()
@@ -160,36 +109,29 @@ class Worker:
     def reset_after_fork(self) -> None:
         """In a forked child: a fresh queue, lock and threads; the parent's messages stay the parent's."""
         self._reset()
-        self._leftovers = False  # the parent's leftovers are the parent's to send
+        self._backlog = False  # the parent's backlog is the parent's to send
 
     def retire(self) -> None:
-        """The client is gone: deliver what is queued (and the spool's leftovers), then end the threads
-        and release the connections and spool files. Returns at once; safe from a garbage collection."""
+        """The client is gone: deliver what is queued (and the feed's backlog), then end the threads
+        and retire the delivery (its connections and files). Returns at once; safe from a
+        garbage collection."""
         with self._cond:
             self._retired = True
             if self._threads:
                 self._stopping = True
                 self._cond.notify_all()
                 return
-        if self._spool is not None:
-            self._spool.close()
+        self._delivery.retire()
 
     # The caller's side. --------------------------------------------------------------
 
-    def put(self, item: str) -> bool:
-        """Queue one encoded message; False (and counted) if the queue is full or closed."""
+    def put(self, entry: Any) -> bool:
+        """Queue one entry; False (and counted) if the queue is full or closed."""
         pending = self._pending
         if len(pending) >= self._capacity:  # close() sets the capacity to 0: one test on the hot path
             self._drop()
             return False
-        if self._spool is None:
-            pending.append(item)
-        else:  # on disk before the call returns: it survives the process
-            token = self._spool.append(item.encode())
-            if token is None:  # the spool refused it (full, closed, disk error): it logs why
-                self._drop(logged=True)
-                return False
-            pending.append((item, token))
+        pending.append(entry)
         if not self._threads:
             self._start()
         waiting = len(pending)
@@ -218,17 +160,26 @@ class Worker:
             self._calls_backed_up = 0
             time.sleep(_YIELD)
 
-    def deliver_now(self, item: str) -> bool:
-        """Deliver one message on the calling thread (sync_mode); True if Vitally took it."""
+    def has_room(self) -> bool:
+        """True if ``put()`` would take one more entry now (a snapshot: another caller may take it first)."""
+        return len(self._pending) < self._capacity
+
+    def refuse(self, logged: bool = False) -> bool:
+        """Count an entry refused before ``put()`` (``logged``: whoever refused it said why); False."""
+        self._drop(logged)
+        return False
+
+    def deliver_now(self, entry: Any) -> bool:
+        """Deliver one entry on the calling thread (sync_mode); True if Vitally took it."""
         with self._cond:
             self._sent_in_sync_mode += 1  # not _taken: flush() must never wait for these
-        outcome = self._deliver([item])
+        outcome = self._delivery.deliver([entry])
         with self._cond:
             self._record(outcome)
         return outcome.sent == 1
 
     def _drop(self, logged: bool = False) -> None:
-        """Count a refused message; log it (at most every 10 s) unless ``logged``: the spool said why."""
+        """Count a refused entry; log it (at most every 10 s) unless ``logged``: who refused it said why."""
         with self._cond:
             self._stats = replace(self._stats, dropped=self._stats.dropped + 1)
             if logged:
@@ -302,18 +253,17 @@ class Worker:
     def close(self, timeout: float) -> int:
         """The exit drain: deliver within ``timeout``, then refuse new messages for good.
 
-        When a quarter of ``timeout`` (at most a second) is left and messages are still
-        undelivered, ``abandon()`` is called (the transport stops retrying and ends requests
+        When a quarter of ``timeout`` (at most a second) is left and entries are still
+        undelivered, the delivery's ``abort()`` is called (it stops retrying and ends requests
         in flight, so each batch fails at once and is reported), and the rest of the time goes
-        to reporting. With a spool, what is left stays in it for a later process. Returns how
-        many messages were neither delivered, reported nor kept in a spool.
+        to reporting. Then the delivery is retired. Returns how many entries were neither
+        delivered, reported, nor kept elsewhere by the delivery (on disk, for a later process).
         """
         deadline = time.monotonic() + timeout
         reserve = min(1.0, timeout / 4)
         done = self.shutdown(max(0.0, timeout - reserve))
         if not done:
-            if self._abandon is not None:
-                self._abandon()
+            self._delivery.abort()
             # Batches now fail without a request. One more thread reports them, in case every
             # worker thread is stuck (in a request that could not be ended, or in on_error).
             with self._cond:
@@ -324,8 +274,7 @@ class Worker:
             self._capacity = 0
             left = len(self._pending) + sum(self._in_flight.values())
             self._pending.clear()
-        if self._spool is not None:
-            self._spool.close()  # what is left stays on disk for the next process (the spool logs how many)
+        if self._delivery.retire():  # what is left is kept for a later process (the delivery logs how many)
             return 0
         return 0 if done else left
 
@@ -345,7 +294,7 @@ class Worker:
     def _wait_for(self, target: int, deadline: Optional[float]) -> bool:
         while True:
             with self._cond:
-                if self._leftovers:  # what the spool's leftovers add to the queue is waited for too
+                if self._backlog:  # what the feed's backlog adds to the queue is waited for too
                     queued = self._taken + len(self._pending)
                     if queued > target:
                         target = queued
@@ -360,7 +309,7 @@ class Worker:
                 batch = None
                 if not any(thread.is_alive() for thread in self._threads) and not self._start_locked():
                     # No thread can run (interpreter shutdown): deliver on this thread, unlocked.
-                    self._leftovers = False  # nothing reads the spool's leftovers: they stay for a later process
+                    self._backlog = False  # nothing reads the feed's backlog now: it stays where it is
                     self._flush_to = max(self._flush_to, self._taken + len(self._pending))
                     batch = self._take()
                 if batch is None:
@@ -372,7 +321,7 @@ class Worker:
     # The threads' side. -------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the threads now, not at the first message (a spool's leftovers need no call)."""
+        """Start the threads now, not at the first entry (a feed's backlog needs no call)."""
         self._start()
 
     def _start(self) -> None:
@@ -428,8 +377,8 @@ class Worker:
         batch: List[Any] = []
         size = 2
         while pending and len(batch) < self._size:
-            item = pending[0]
-            size += (len(item) if item.__class__ is str else len(item[0])) + 1
+            entry = pending[0]
+            size += (len(entry) if entry.__class__ is str else len(entry[0])) + 1
             if batch and size > self._max_bytes:
                 break
             batch.append(pending.popleft())
@@ -449,34 +398,33 @@ class Worker:
 
     def _run(self) -> None:
         try:
-            if self._thread_started is not None:
-                try:
-                    self._thread_started()
-                except Exception:
-                    log.exception("getting a worker thread ready raised")
+            try:
+                self._delivery.get_ready()
+            except Exception:
+                log.exception("getting a worker thread ready raised")
             self._loop()
         finally:
-            if self._thread_ended is not None:
-                try:
-                    self._thread_ended()
-                except Exception:
-                    log.exception("closing a worker thread's connection raised")
+            try:
+                self._delivery.release()
+            except Exception:
+                log.exception("closing a worker thread's connection raised")
 
     def _loop(self) -> None:
+        feed = self._feed
         while True:
-            if self._spool is not None:
-                self._recover()
+            if feed is not None:
+                self._refill(feed)
             with self._cond:
                 batch = self._take()
                 while batch is None:
-                    if self._stopping and not self._pending and not self._leftovers:
+                    if self._stopping and not self._pending and not self._backlog:
                         self._leave()
                         return
                     wait = self._wait_time()
-                    if self._spool is not None and (self._leftovers or not self._stopping):
-                        wait = min(wait, self._next_recovery - time.monotonic())
+                    if feed is not None and (self._backlog or not self._stopping):
+                        wait = min(wait, feed.due_in())
                         if wait <= 0:
-                            break  # time to look into the spool again
+                            break  # time to read the feed again
                     self._cond.wait(wait)
                     batch = self._take()
                 if batch is None:
@@ -494,53 +442,40 @@ class Worker:
             return
         self._stopping = False  # drained: the next message starts threads afresh
         lifecycle.let_go(self)
-        if self._retired and self._spool is not None:
-            self._spool.close()  # the client is gone: its files are for other processes now
+        if self._retired:
+            self._delivery.retire()  # the client is gone: its connections and files are let go
 
-    def _recover(self) -> None:
-        """Queue what the spool holds that no queue does: retries that are due, and dead processes' messages.
+    def _refill(self, feed: Feed) -> None:
+        """Queue what the feed has (retries that are due, and what dead processes left).
 
-        Runs on a worker thread, outside the lock (the spool reads files), at most once a second
-        and only while the queue has room, so leftovers never crowd out new messages. The
-        leftovers found when the client was made (the backlog) are read without a pause, and
-        before the threads stop.
+        Runs on a worker thread, outside the lock (a feed reads files), when the feed is due and
+        only while the queue has room, so a backlog never crowds out new messages: it is read as
+        the queue empties, ten batches ahead. A backlog is read without pause, and before the
+        threads stop.
         """
-        assert self._spool is not None
-        now = time.monotonic()
-        leftovers = self._leftovers
-        if not leftovers and (now < self._next_recovery or self._stopping):
+        backlog = self._backlog
+        if not backlog and (self._stopping or feed.due_in() > 0):
             return
-        self._next_recovery = now + _RECOVER_INTERVAL
-        # Leftovers are read as the queue empties (ten batches ahead), never crowding out new messages.
-        room = min(self._capacity - len(self._pending), 10 * self._size - (len(self._pending) if leftovers else 0))
-        if room <= 0:
-            return
+        pending = len(self._pending)
+        room = min(self._capacity - pending, 10 * self._size - (pending if backlog else 0))
         try:
-            found = readable(self._spool, self._spool.recover(room))
-        except Exception:  # a bug must not kill the thread; what is on disk stays there
-            log.exception("reading the spool %s raised", self._spool.directory)
+            found = feed.read(max(0, room))
+        except Exception:  # a bug must not kill the thread; what the feed holds stays there
+            log.exception("reading more messages to send raised")
             found = []
         with self._cond:
-            if found:
-                self._pending.extend(found)
-                self._next_recovery = now  # there may be more: look again after this batch
-            if leftovers and len(found) < room:
-                self._leftovers = False  # all read: flush() now waits only for the queue
+            self._pending.extend(found)
+            if backlog and len(found) < room:
+                self._backlog = False  # all read: flush() now waits only for the queue
             self._cond.notify_all()
 
     def _send(self, batch: List[Any], start: int) -> None:
-        items = batch if self._spool is None else [message for message, _ in batch]
-        outcome = Outcome(failed=len(batch)) if self._spool is None else Outcome(kept=items)
+        outcome = Outcome(failed=len(batch))
         try:
-            outcome = self._deliver(items)
+            outcome = self._delivery.deliver(batch)
         except Exception:  # a bug must not kill the thread or hang flush(); the ERROR log says what is lost
-            if self._spool is None:
-                log.exception("%d message(s) not delivered: delivering their batch raised", len(batch))
-            else:
-                log.exception("%d message(s) not delivered, kept in the spool: delivering them raised", len(batch))
+            log.exception("%d message(s) not delivered: delivering their batch raised", len(batch))
         finally:
-            if self._spool is not None:
-                settle_in_spool(self._spool, batch, outcome)
             with self._cond:
                 del self._in_flight[start]
                 self._record(outcome)
@@ -557,54 +492,4 @@ class Worker:
         )
 
 
-def readable(spool: Spool, records: List[Tuple[int, bytes]]) -> List[Tuple[str, int]]:
-    """Recovered records as ``(message, token)``; one that is not a JSON object in UTF-8 (damaged on
-    disk in a way its checksum missed, or written by something else) goes to the dead letters."""
-    good: List[Tuple[str, int]] = []
-    damaged: List[Tuple[int, bytes]] = []
-    for token, data in records:
-        try:
-            text = data.decode()
-            if not isinstance(json.loads(text), dict):
-                raise ValueError("not a JSON object")
-        except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            damaged.append((token, data))
-            continue
-        good.append((text, token))
-    if damaged:
-        log.error(
-            "spool %s: %d record(s) are not a JSON message (damaged?): moved to the dead letters",
-            spool.directory,
-            len(damaged),
-        )
-        spool.dead_letter([data for _, data in damaged])
-        spool.acknowledge([token for token, _ in damaged])
-    return good
-
-
-def settle_in_spool(spool: Spool, batch: List[Tuple[str, int]], outcome: Outcome) -> None:
-    """After delivering ``(message, token)`` pairs: delivered and refused messages leave the spool
-    (refused ones go to its dead letters); messages kept for a later try stay in it."""
-    kept = {id(message) for message in outcome.kept}
-    rejected = {id(message) for message in outcome.rejected}
-    done: List[int] = []
-    later: List[int] = []
-    dead: List[str] = []
-    for message, token in batch:
-        if id(message) in kept:
-            later.append(token)
-        else:
-            done.append(token)
-            if id(message) in rejected:
-                dead.append(message)
-    try:
-        if dead:
-            spool.dead_letter(dead)
-        spool.acknowledge(done)
-        if later:
-            spool.retry_later(later)
-    except Exception:  # the messages stay in the spool: at worst they are sent again, never lost
-        log.exception("the spool could not record what became of %d message(s)", len(batch))
-
-
-__all__ = ["Outcome", "Stats", "Worker", "readable", "settle_in_spool"]
+__all__ = ["Outcome", "Stats", "Worker"]

@@ -24,7 +24,7 @@ from typing import Any, Iterator, List
 import pytest
 
 from analytics_vitally import Client
-from analytics_vitally.client import send_leftovers
+from analytics_vitally.durable import send_leftovers
 from analytics_vitally.settings import Settings
 from analytics_vitally.spool import DEAD_LETTER, Spool, inspect
 from analytics_vitally.spool import files as spool_files

@@ -1,4 +1,4 @@
-"""The Worker alone, driven through its own interface with a plain function as ``deliver``."""
+"""The Worker alone, driven through its own interface with a recording ``Delivery`` (and ``Feed``)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from typing import Callable, Iterator, List, Optional
 
 import pytest
 
+from analytics_vitally.delivery import Outcome
 from analytics_vitally.settings import Settings
-from analytics_vitally.worker import Outcome, Worker
+from analytics_vitally.worker import Worker
 
 
 class Recorder:
-    """A ``deliver`` that records each batch and can be held, or made to raise."""
+    """A ``Delivery`` that records each batch and can be held, or made to raise."""
 
     def __init__(self) -> None:
         self.batches: List[List[str]] = []
@@ -23,8 +24,15 @@ class Recorder:
         self.entered = threading.Event()
         self.fail_with: Optional[BaseException] = None
         self.threads: List[threading.Thread] = []
+        self.aborted: List[bool] = []
+        self.retired: List[bool] = []
+        self.keeps = False
+        """What ``retire()`` answers: whether undelivered entries are kept elsewhere."""
+        self.ready: List[threading.Thread] = []
+        self.released: List[threading.Thread] = []
+        self.on_release: Callable[[], None] = lambda: None
 
-    def __call__(self, items: List[str]) -> Outcome:
+    def deliver(self, items: List[str]) -> Outcome:
         self.threads.append(threading.current_thread())
         self.entered.set()
         self.gate.wait(30)
@@ -33,6 +41,20 @@ class Recorder:
             raise error
         self.batches.append(items)
         return Outcome(sent=len(items), batches=1)
+
+    def get_ready(self) -> None:
+        self.ready.append(threading.current_thread())
+
+    def release(self) -> None:
+        self.on_release()
+        self.released.append(threading.current_thread())
+
+    def abort(self) -> None:
+        self.aborted.append(True)
+
+    def retire(self) -> bool:
+        self.retired.append(True)
+        return self.keeps
 
     @property
     def delivered(self) -> List[str]:
@@ -48,9 +70,9 @@ def deliver() -> Recorder:
 def make_worker(deliver: Recorder) -> Iterator[Callable[..., Worker]]:
     workers: List[Worker] = []
 
-    def make(abandon: Optional[Callable[[], None]] = None, **settings: object) -> Worker:
+    def make(**settings: object) -> Worker:
         settings.setdefault("upload_interval", 60)
-        worker = Worker(deliver, Settings(send=False, **settings), abandon=abandon)  # type: ignore[arg-type]
+        worker = Worker(deliver, Settings(send=False, **settings))  # type: ignore[arg-type]
         workers.append(worker)
         return worker
 
@@ -115,12 +137,13 @@ def test_flush_and_shutdown_from_deliver_return_false(make_worker: Callable[...,
     results: List[bool] = []
     worker: Worker
 
-    def deliver_and_flush(items: List[str]) -> Outcome:
-        results.append(worker.flush(timeout=5))
-        results.append(worker.shutdown(timeout=5))
-        return Outcome(sent=len(items))
+    class FlushingDelivery(Recorder):
+        def deliver(self, items: List[str]) -> Outcome:
+            results.append(worker.flush(timeout=5))
+            results.append(worker.shutdown(timeout=5))
+            return Outcome(sent=len(items))
 
-    worker = Worker(deliver_and_flush, Settings(send=False, upload_interval=60))
+    worker = Worker(FlushingDelivery(), Settings(send=False, upload_interval=60))
     worker.put('"a"')
     assert worker.flush(timeout=10)
     assert results == [False, False]
@@ -189,13 +212,12 @@ def test_deliver_now_does_not_hold_up_flush(make_worker: Callable[..., Worker], 
 
 
 def test_close_reports_what_it_could_not_deliver(make_worker: Callable[..., Worker], deliver: Recorder) -> None:
-    abandoned: List[bool] = []
-    worker = make_worker(upload_size=2, abandon=lambda: abandoned.append(True))
+    worker = make_worker(upload_size=2)
     deliver.gate.clear()
     for i in range(5):
         worker.put(f'"{i}"')
     left = worker.close(0.4)
-    assert abandoned == [True]
+    assert deliver.aborted == [True] and deliver.retired == [True]
     assert left == 5  # one batch of 2 held in flight, 3 queued behind it
     assert worker.put('"late"') is False
     assert worker.stats().dropped == 1
@@ -205,11 +227,10 @@ def test_close_after_everything_was_delivered_abandons_nothing(
     make_worker: Callable[..., Worker], deliver: Recorder, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="analytics_vitally")
-    abandoned: List[bool] = []
-    worker = make_worker(abandon=lambda: abandoned.append(True))
+    worker = make_worker()
     worker.put('"a"')
     assert worker.close(5) == 0
-    assert abandoned == [] and deliver.delivered == ['"a"']
+    assert deliver.aborted == [] and deliver.delivered == ['"a"']
     worker.put('"after"')
     assert "after the exit drain" in caplog.text
 
@@ -244,7 +265,8 @@ def test_shutdown_returns_once_the_threads_have_ended(deliver: Recorder) -> None
         time.sleep(0.1)  # a slow goodbye (closing a TLS connection), after the thread left the list
         ended.append(threading.current_thread())
 
-    worker = Worker(deliver, Settings(send=False, upload_interval=60), thread_ended=thread_ended)
+    deliver.on_release = thread_ended
+    worker = Worker(deliver, Settings(send=False, upload_interval=60))
     assert worker.put('"a"')
     assert worker.shutdown(timeout=10)
     assert deliver.delivered == ['"a"'] and len(ended) == 1
