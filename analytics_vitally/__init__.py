@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
+from . import default
 from .client import Client, Message, Result
 from .delivery import Stats
 from .errors import (
@@ -29,7 +29,6 @@ from .errors import (
     InvalidMessageError,
     InvalidTypeError,
 )
-from .lifecycle import PerProcess
 from .settings import SETTING_NAMES, ErrorCallback, Settings
 from .version import VERSION
 
@@ -71,20 +70,13 @@ spool: Optional[str] = _defaults.spool
 spool_fsync: bool = _defaults.spool_fsync
 max_spool_bytes: int = _defaults.max_spool_bytes
 
-_default_client: Optional[Client] = None
-_default_lock = PerProcess(threading.Lock)  # made at first use: after a fork, and after gevent's patch_all()
-
 
 def default_client() -> Client:
     """The client behind the module-level functions, made from the module's settings on first use."""
-    global _default_client
-    client = _default_client
+    client = default.client
     if client is None:
-        with _default_lock.get():
-            if _default_client is None:
-                module = globals()
-                _default_client = Client(**{name: module[name] for name in SETTING_NAMES})
-            client = _default_client
+        module = globals()
+        client = default.get(lambda: Client(**{name: module[name] for name in SETTING_NAMES}))
     return client
 
 
@@ -96,15 +88,14 @@ def configure(**settings: Any) -> Client:
 
         analytics.configure(write_key=os.environ["VITALLY_WRITE_KEY"], subdomain="acme")
     """
-    global _default_client
     unknown = sorted(set(settings) - set(SETTING_NAMES))
     if unknown:
         raise TypeError(f"configure() got unknown setting(s): {', '.join(unknown)}")
     module = globals()
     client = Client(**{name: settings.get(name, module[name]) for name in SETTING_NAMES})
-    with _default_lock.get():
+    with default.lock.get():
         module.update(settings)
-        previous, _default_client = _default_client, client
+        previous = default.swap(client)
     if previous is not None:
         previous.shutdown(timeout=previous.settings.exit_timeout)
     return client
@@ -132,7 +123,7 @@ def flush(timeout: Optional[float] = None) -> bool:
 
     analytics.flush(timeout=5)
     """
-    return True if _default_client is None else _default_client.flush(timeout)
+    return default.flush(timeout)
 
 
 def shutdown(timeout: Optional[float] = None) -> bool:
@@ -140,7 +131,8 @@ def shutdown(timeout: Optional[float] = None) -> bool:
 
     analytics.shutdown(timeout=5)
     """
-    return True if _default_client is None else _default_client.shutdown(timeout)
+    client = default.client
+    return True if client is None else client.shutdown(timeout)
 
 
 def join() -> None:
@@ -156,7 +148,8 @@ def stats() -> Stats:
 
     analytics.stats().sent
     """
-    return Stats() if _default_client is None else _default_client.stats()
+    client = default.client
+    return Stats() if client is None else client.stats()
 
 
 

@@ -65,6 +65,11 @@ class AsyncClient:
     def settings(self) -> Settings:
         return self._client.settings
 
+    @property
+    def client(self) -> Client:
+        """The ``Client`` underneath, for code running outside the event loop (a worker thread)."""
+        return self._client
+
     def __repr__(self) -> str:
         return repr(self._client).replace("analytics_vitally.Client", "analytics_vitally.AsyncClient", 1)
 

@@ -18,6 +18,7 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union, overload
 
+from . import default
 from .aio import AsyncClient, in_thread
 from .client import Client
 from .errors import ConfigurationError
@@ -98,11 +99,9 @@ def flush_after(
 
 def _flush(client: Optional[AnyClient], timeout: Optional[float]) -> bool:
     if client is None:
-        from . import flush  # the module-level API, which sits above this module
-
-        return flush(timeout)
+        return default.flush(timeout)
     if isinstance(client, AsyncClient):
-        return client._client.flush(timeout)
+        return client.client.flush(timeout)
     return client.flush(timeout)
 
 

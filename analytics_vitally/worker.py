@@ -96,6 +96,7 @@ class Worker:
         self._taken = 0
         self._in_flight: Dict[int, int] = {}  # queue position -> size of each batch being delivered
         self._flush_to = 0
+        self._backlog_end = 0  # the queue position where the feed's backlog ended
         self._stopping = False
         self._closed = False
         self._sent_in_sync_mode = 0
@@ -301,8 +302,14 @@ class Worker:
                         if queued > self._flush_to:
                             self._flush_to = queued
                             self._cond.notify_all()
-                elif self._done(target):
-                    return True
+                else:
+                    if self._backlog_end > target:  # the backlog ended while this flush waited for it
+                        target = self._backlog_end
+                        if target > self._flush_to:
+                            self._flush_to = target
+                            self._cond.notify_all()
+                    if self._done(target):
+                        return True
                 remaining = _LIVENESS_CHECK if deadline is None else deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -466,7 +473,8 @@ class Worker:
         with self._cond:
             self._pending.extend(found)
             if backlog and len(found) < room:
-                self._backlog = False  # all read: flush() now waits only for the queue
+                self._backlog = False  # all read: flush() now waits only for the queue, up to here
+                self._backlog_end = self._taken + len(self._pending)
             self._cond.notify_all()
 
     def _send(self, batch: List[Any], start: int) -> None:

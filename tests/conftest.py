@@ -51,7 +51,7 @@ def module_api(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         monkeypatch.setattr(analytics_vitally, name, getattr(defaults, name))
     monkeypatch.setattr(analytics_vitally, "write_key", TOKEN)
     monkeypatch.setattr(analytics_vitally, "host", receiver.url)
-    monkeypatch.setattr(analytics_vitally, "_default_client", None)
+    monkeypatch.setattr(analytics_vitally.default, "client", None)
     yield analytics_vitally
     analytics_vitally.shutdown(timeout=5)
 

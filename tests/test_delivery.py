@@ -62,7 +62,7 @@ def test_module_attributes_are_the_settings() -> None:
 
 def test_module_functions_before_any_call_need_no_client(module_api: Any) -> None:
     assert module_api.flush(timeout=1) is True and module_api.stats().enqueued == 0
-    assert module_api._default_client is None
+    assert module_api.default.client is None
 
 
 def test_module_settings_are_checked_at_the_first_call(module_api: Any) -> None:

@@ -271,3 +271,87 @@ def test_shutdown_returns_once_the_threads_have_ended(deliver: Recorder) -> None
     assert worker.shutdown(timeout=10)
     assert deliver.delivered == ['"a"'] and len(ended) == 1
     assert not ended[0].is_alive()
+
+
+class ListFeed:
+    """A ``Feed`` handing out entries from a list, as many as there is room for; can be made to raise."""
+
+    def __init__(self, entries: List[object]) -> None:
+        self.entries = list(entries)
+        self.reads: List[int] = []
+        self.fail_with: Optional[BaseException] = None
+
+    def due_in(self) -> float:
+        return 0.0 if self.entries else 3600.0
+
+    def read(self, room: int) -> List[object]:
+        self.reads.append(room)
+        if self.fail_with is not None:
+            error, self.fail_with = self.fail_with, None
+            raise error
+        found, self.entries = self.entries[:room], self.entries[room:]
+        return found
+
+
+def test_a_feed_s_backlog_is_delivered_and_flush_waits_for_all_of_it(deliver: Recorder) -> None:
+    feed = ListFeed([f'"{i}"' for i in range(250)])  # more than one read's room (ten batches of 10)
+    worker = Worker(deliver, Settings(send=False, upload_size=10, upload_interval=60), feed=feed)  # type: ignore[arg-type]
+    worker.start()
+    assert worker.flush(timeout=10)  # nothing was put: it waits for the backlog alone
+    assert deliver.delivered == [f'"{i}"' for i in range(250)]
+    assert len(feed.reads) >= 3
+    worker.shutdown(timeout=5)
+
+
+def test_a_feed_that_raises_does_not_kill_the_thread(deliver: Recorder, caplog: pytest.LogCaptureFixture) -> None:
+    feed = ListFeed(['"from the feed"'])
+    feed.fail_with = RuntimeError("disk on fire")
+    worker = Worker(deliver, Settings(send=False, upload_interval=60), feed=feed)  # type: ignore[arg-type]
+    assert worker.put('"a"')
+    assert worker.flush(timeout=10)
+    wait_until(lambda: not feed.entries, timeout=10)  # the thread lives on and reads again on the next look
+    assert worker.flush(timeout=10)
+    assert '"from the feed"' in deliver.delivered and len(feed.reads) == 2
+    assert '"a"' in deliver.delivered and "reading more messages to send raised" in caplog.text
+    worker.shutdown(timeout=5)
+
+
+def test_tagged_entries_are_handed_over_whole_and_sized_by_their_message(deliver: Recorder) -> None:
+    worker = Worker(deliver, Settings(send=False, upload_interval=60, max_batch_bytes=30))  # type: ignore[arg-type]
+    tagged = [(f'"{i:08}"', object()) for i in range(4)]  # 10 bytes each as JSON, whatever the tag
+    for entry in tagged:
+        assert worker.put(entry)
+    assert worker.flush(timeout=10)
+    assert [len(batch) for batch in deliver.batches] == [2, 2]  # 2 + 2 * (10 + 1) <= 30 < 2 + 3 * 11
+    assert [entry for batch in deliver.batches for entry in batch] == tagged  # the very tags, untouched
+    worker.shutdown(timeout=5)
+
+
+def test_close_counts_nothing_lost_when_the_delivery_keeps_what_is_left(
+    make_worker: Callable[..., Worker], deliver: Recorder
+) -> None:
+    worker = make_worker(upload_size=2)
+    deliver.keeps = True
+    deliver.gate.clear()
+    for i in range(5):
+        worker.put(f'"{i}"')
+    assert worker.close(0.4) == 0  # kept elsewhere (on disk), not lost
+    assert deliver.retired == [True]
+
+
+def test_a_retired_worker_retires_its_delivery_once_its_threads_end(
+    make_worker: Callable[..., Worker], deliver: Recorder
+) -> None:
+    idle = make_worker()
+    idle.retire()
+    assert deliver.retired == [True]  # no thread: at once
+    busy = make_worker()
+    deliver.gate.clear()
+    busy.put('"a"')
+    busy.send_now()
+    deliver.entered.wait(10)
+    busy.retire()
+    assert deliver.retired == [True]  # a batch is in flight: not yet
+    deliver.gate.set()
+    wait_until(lambda: deliver.retired == [True, True], timeout=10)
+    assert deliver.delivered == ['"a"']

@@ -1,0 +1,46 @@
+"""The default client: the one behind the module-level functions (``analytics_vitally.track``...)
+and behind ``flush_after`` given no client. The package makes it from its module settings at the
+first call (``default_client()``) or in ``configure()``; this module only keeps it, once per process."""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Optional
+
+from .client import Client
+from .lifecycle import PerProcess
+
+client: Optional[Client] = None
+"""The default client once made (None before the first call)."""
+
+lock = PerProcess(threading.Lock)
+"""Held while the default client is made or replaced (made at first use: after a fork, and after
+gevent's ``patch_all()``)."""
+
+
+def get(make: Callable[[], Client]) -> Client:
+    """The default client, made by ``make()`` if there is none yet."""
+    global client
+    found = client
+    if found is None:
+        with lock.get():
+            if client is None:
+                client = make()
+            found = client
+    return found
+
+
+def swap(new: Client) -> Optional[Client]:
+    """Make ``new`` the default client (``lock`` held by the caller); returns the one it replaces."""
+    global client
+    previous, client = client, new
+    return previous
+
+
+def flush(timeout: Optional[float] = None) -> bool:
+    """Flush the default client (True at once if there is none yet)."""
+    found = client
+    return True if found is None else found.flush(timeout)
+
+
+__all__ = ["client", "flush", "get", "lock", "swap"]
