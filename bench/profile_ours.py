@@ -118,11 +118,12 @@ def breakdown(calls: int, port: int) -> None:
 
     from analytics_vitally import Client
     from analytics_vitally import client as client_module
+    from analytics_vitally.delivery import Outcome
     from analytics_vitally.encoding import encode, now_timestamp
     from analytics_vitally.messages import check, normalize_ids, parameter
     from analytics_vitally.settings import Settings
     from analytics_vitally.transport import Transport
-    from analytics_vitally.worker import Outcome, Worker
+    from analytics_vitally.worker import Worker
 
     new_id: Callable[[], str] = getattr(client_module, "_new_message_id", lambda: str(uuid4()))
     fields = {
@@ -155,7 +156,20 @@ def breakdown(calls: int, port: int) -> None:
         print(f"  {label:56} {best:6.2f}")
 
     # The queue: Worker.put with a worker whose delivery costs nothing (so only the queue and its lock cost).
-    worker = Worker(lambda batch: Outcome(sent=len(batch), batches=1), Settings(max_queue_size=10**7))
+    class FreeDelivery:
+        def deliver(self, batch: List[str]) -> Outcome:
+            return Outcome(sent=len(batch), batches=1)
+
+        def get_ready(self) -> None: ...
+
+        def release(self) -> None: ...
+
+        def abort(self) -> None: ...
+
+        def retire(self) -> bool:
+            return False
+
+    worker = Worker(FreeDelivery(), Settings(max_queue_size=10**7))
     item = encode(message, parameter)
     put = worker.put
     started = time.perf_counter()

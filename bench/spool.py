@@ -334,7 +334,8 @@ def spooled_client(client: Client, spool: Spool) -> None:
     """Wire ``spool`` into ``client`` the way the notes describe, by patching private attributes
     (bench only): the record is appended before the message is queued, acknowledged after delivery."""
     worker = client._worker
-    put, deliver = worker.put, worker._deliver
+    delivery: Any = worker._delivery
+    put, deliver = worker.put, delivery.deliver
     tokens: Dict[int, int] = {}
 
     def put_spooled(data: str) -> bool:
@@ -352,7 +353,7 @@ def spooled_client(client: Client, spool: Spool) -> None:
         spool.acknowledge([tokens.pop(id(item)) for item in items])
         return outcome
 
-    worker._deliver = deliver_and_acknowledge  # type: ignore[method-assign]
+    delivery.deliver = deliver_and_acknowledge
     client._dispatch = put_spooled
 
 
