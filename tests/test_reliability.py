@@ -13,8 +13,11 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 import pytest
 
 from analytics_vitally import AuthenticationError, Client, ConfigurationError, DeliveryError
+from analytics_vitally.delivery import Reporting
+from analytics_vitally.settings import Settings
 from analytics_vitally.testing import Receiver, Reply, Request
-from analytics_vitally.transport import retry_after_seconds
+from analytics_vitally.transport import Transport, retry_after_seconds
+from analytics_vitally.worker import Worker
 
 from .conftest import TOKEN, MakeClient, run_script
 
@@ -334,7 +337,8 @@ def test_the_write_key_is_never_shown(
     with pytest.raises(ConfigurationError) as raised:
         Client(secret, subdomain="bad.domain")
     shown = [caplog.text, repr(client), str(client), repr(client.settings), str(raised.value)]
-    shown += [repr(client._transport), repr(client._worker)]
+    transport = Transport(client.settings)
+    shown += [repr(transport), repr(Worker(Reporting(transport, None), client.settings))]
     shown += [str(error) for error, _ in errors] + [repr(error) for error, _ in errors]
     assert errors and all(secret not in text for text in shown)
 
@@ -368,19 +372,24 @@ def test_safe_hosts_are_accepted(host: str) -> None:
     assert Client("k", host=host).settings.url.endswith("/analytics/v1/batch")
 
 
+def transport(**settings: Any) -> Transport:
+    """A transport made as ``Client("k", **settings)`` makes its own."""
+    return Transport(Settings(write_key="k", **settings).resolved())
+
+
 def test_tls_certificates_are_verified(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
     monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
-    assert Client("k", subdomain="acme")._transport._environment["verify"] is True
+    assert transport(subdomain="acme").environment["verify"] is True
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/bundle.pem")  # a CA bundle, still verifying
-    assert Client("k", subdomain="acme")._transport._environment["verify"] == "/etc/ssl/certs/bundle.pem"
+    assert transport(subdomain="acme").environment["verify"] == "/etc/ssl/certs/bundle.pem"
 
 
 def test_environment_proxies_are_read_once_and_explicit_ones_win(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
-    assert Client("k", subdomain="acme")._transport._environment["proxies"] == {"https": "http://127.0.0.1:3128"}
-    explicit = Client("k", subdomain="acme", proxies={"https": "http://127.0.0.1:9"})
-    assert explicit._transport._environment["proxies"]["https"] == "http://127.0.0.1:9"
+    assert transport(subdomain="acme").environment["proxies"] == {"https": "http://127.0.0.1:3128"}
+    explicit = transport(subdomain="acme", proxies={"https": "http://127.0.0.1:9"})
+    assert explicit.environment["proxies"]["https"] == "http://127.0.0.1:9"
 
 
 def test_proxies_are_used(make_client: MakeClient, receiver: Receiver) -> None:
