@@ -7,15 +7,22 @@
     analytics.flush()
 
 The module-level functions are thin proxies to a default ``Client`` made from
-the module-level settings at the first call; later changes to those settings
-do not reach it. Settings left as None fall back to ``VITALLY_WRITE_KEY``,
-``VITALLY_SUBDOMAIN`` and ``VITALLY_HOST``.
+the module-level settings at the first call. Changing a setting after that
+warns (once) and does not reach it: call ``configure(...)``, which makes the
+default client again. Setting a name that is no setting raises AttributeError
+naming the closest one. Settings left as None fall back to
+``VITALLY_WRITE_KEY``, ``VITALLY_SUBDOMAIN``, ``VITALLY_HOST`` and
+``VITALLY_SPOOL``. The settings (module attributes, and ``Client`` keyword
+arguments; the README's "Settings" table says what each does):
 """
 
 from __future__ import annotations
 
-import functools
+import inspect
 import logging
+import sys
+import types
+import warnings
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from . import default
@@ -29,7 +36,8 @@ from .errors import (
     InvalidMessageError,
     InvalidTypeError,
 )
-from .settings import SETTING_NAMES, ErrorCallback, Settings
+from .scope import context
+from .settings import SETTING_NAMES, BeforeSend, ErrorCallback, Settings, check_names, unknown_setting
 from .version import VERSION
 
 if TYPE_CHECKING:
@@ -51,6 +59,7 @@ host: Optional[str] = _defaults.host
 debug: bool = _defaults.debug
 log_handler: Optional[logging.Handler] = _defaults.log_handler
 on_error: Optional[ErrorCallback] = _defaults.on_error
+before_send: Optional[BeforeSend] = _defaults.before_send
 send: bool = _defaults.send
 sync_mode: bool = _defaults.sync_mode
 max_queue_size: int = _defaults.max_queue_size
@@ -88,9 +97,7 @@ def configure(**settings: Any) -> Client:
 
         analytics.configure(write_key=os.environ["VITALLY_WRITE_KEY"], subdomain="acme")
     """
-    unknown = sorted(set(settings) - set(SETTING_NAMES))
-    if unknown:
-        raise TypeError(f"configure() got unknown setting(s): {', '.join(unknown)}")
+    check_names("configure()", settings)
     module = globals()
     client = Client(**{name: settings.get(name, module[name]) for name in SETTING_NAMES})
     with default.lock.get():
@@ -102,10 +109,19 @@ def configure(**settings: Any) -> Client:
 
 
 def _proxy(method: Callable[Concatenate[Client, P], R]) -> Callable[P, R]:
-    @functools.wraps(method)
-    def call(*args: P.args, **kwargs: P.kwargs) -> R:
-        return getattr(default_client(), method.__name__)(*args, **kwargs)  # type: ignore[no-any-return]
+    """A module function calling ``method`` on the default client, which reads as a module function
+    in ``help()`` and the shell: its signature without ``self``, examples written ``analytics.``."""
+    name = method.__name__
 
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        return getattr(default_client(), name)(*args, **kwargs)  # type: ignore[no-any-return]
+
+    signature = inspect.signature(method)
+    call.__name__ = call.__qualname__ = name
+    call.__module__ = __name__
+    call.__doc__ = (method.__doc__ or "").replace("client.", "analytics.")
+    call.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])  # type: ignore[attr-defined]
+    call.__annotations__ = {key: value for key, value in method.__annotations__.items() if key != "self"}
     return call
 
 
@@ -153,6 +169,29 @@ def stats() -> Stats:
 
 
 
+class _Module(types.ModuleType):
+    """The package as a module whose settings are checked when set: a typo raises, a late change warns."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in SETTING_NAMES:
+            if default.client is not None and not default.told_late and value is not getattr(self, name, None):
+                _warn_late(name)
+        elif not name.startswith("_") and not isinstance(value, types.ModuleType) and name not in self.__dict__:
+            raise AttributeError(f"analytics_vitally has no setting {unknown_setting(name)}")
+        super().__setattr__(name, value)
+
+
+def _warn_late(name: str) -> None:
+    default.told_late = True
+    warnings.warn(
+        f"analytics_vitally.{name} was changed after the default client was made, which keeps the settings it was "
+        f"made with: call analytics_vitally.configure({name}=...) to make it again with the new value (said once "
+        "per default client)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
 def __getattr__(name: str) -> Any:
     """``AsyncClient`` and ``flush_after`` need asyncio: loaded at first use, not with the package."""
     if name == "AsyncClient":
@@ -185,6 +224,7 @@ __all__ = [
     "Settings",
     "Stats",
     "configure",
+    "context",
     "custom_object_instance",
     "default_client",
     "enqueue",
@@ -199,3 +239,6 @@ __all__ = [
     "track",
     "unlink",
 ]
+
+__doc__ = (__doc__ or "") + "".join(f"\n    {name} = {getattr(_defaults, name)!r}" for name in SETTING_NAMES) + "\n"
+sys.modules[__name__].__class__ = _Module

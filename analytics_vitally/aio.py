@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 from .client import Client, Result
 from .delivery import Stats
-from .settings import Settings
+from .settings import Settings, check_names
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -58,6 +59,7 @@ class AsyncClient:
     """
 
     def __init__(self, write_key: Optional[str] = None, **settings: Any) -> None:
+        check_names("AsyncClient()", settings)
         self._client = Client(write_key, **settings)
         self._sync_mode = self._client.settings.sync_mode and self._client.settings.send
 
@@ -121,17 +123,19 @@ class AsyncClient:
 
 
 async def in_thread(function: Callable[[], T]) -> T:
-    """Run ``function`` on a new daemon thread and await its result without blocking the loop.
+    """Run ``function`` on a new daemon thread, in a copy of the caller's context, and await its result
+    without blocking the loop.
 
     The thread hands the result back with ``call_soon_threadsafe``. If the awaiting task
     is cancelled, or the loop closed, the thread still finishes and its result is dropped.
     """
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
+    carried = contextvars.copy_context()  # analytics_vitally.context() applies on that thread too
 
     def run() -> None:
         try:
-            outcome = functools.partial(future.set_result, function())
+            outcome = functools.partial(future.set_result, carried.run(function))
         except BaseException as error:  # handed to the awaiting task, which raises it
             outcome = functools.partial(future.set_exception, error)
         with contextlib.suppress(RuntimeError):  # the loop was closed: nobody is waiting any more

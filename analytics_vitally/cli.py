@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -141,6 +142,13 @@ def _parser() -> argparse.ArgumentParser:
         help=f"save progress every N lines, up to {MAX_CHECKPOINT_EVERY:,}; at most N lines are sent again after "
         f"a kill (default: {ImportOptions.checkpoint_every})",
     )
+    command.add_argument(
+        "--before-send",
+        type=_function,
+        metavar="MODULE:FUNCTION",
+        help="pass each message through this function first, as the client's before_send setting: it returns the "
+        "message to send, or None to leave it out (the current directory is searched for MODULE)",
+    )
     command.add_argument("--restart", action="store_true", help="ignore saved progress: send the files from the start")
     command.add_argument("--dry-run", action="store_true", help="check every line, send nothing, save no progress")
     command.add_argument("-v", "--verbose", action="store_true", help="log every request to standard error")
@@ -189,7 +197,9 @@ _OPTION_NAMES = frozenset(field.name for field in dataclasses.fields(ImportOptio
 def _import(args: argparse.Namespace) -> int:
     output = ConsoleOutput()
     named = {name: value for name, value in vars(args).items() if name in _OPTION_NAMES}
-    settings = {"debug": args.verbose}
+    settings: Dict[str, Any] = {"debug": args.verbose}
+    if args.before_send is not None:
+        settings["before_send"] = args.before_send
     options = ImportOptions(**named, client_settings=settings, on_progress=output.progress, on_reject=output.reject)
     importer = Importer(options)
     received = _stop_on_signals(importer, time.monotonic())
@@ -235,6 +245,22 @@ def _stop_on_signals(importer: Importer, started: float) -> List[int]:
     return received
 
 
+def _function(text: str) -> Callable[..., Any]:
+    """``module:function`` as the function, for ``--before-send`` (the current directory is searched first)."""
+    module_name, _, name = text.partition(":")
+    if not module_name or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not MODULE:FUNCTION (for example scrub:before_send)")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as python -m does: a module beside the data is found
+    try:
+        found = getattr(importlib.import_module(module_name), name)
+    except Exception as error:  # the module's own import errors too: say which, as a usage error
+        raise argparse.ArgumentTypeError(f"cannot load {text}: {type(error).__name__}: {error}") from None
+    if not callable(found):
+        raise argparse.ArgumentTypeError(f"{text} is not a function")
+    return found  # type: ignore[no-any-return]
+
+
 def _counts(report: ImportReport) -> str:
     """The summary line: ``read N, sent N, rejected N, skipped N in S s``."""
     sent = f"sent 0 (dry run: {report.valid} valid)" if report.dry_run else f"sent {report.sent}"
@@ -242,6 +268,8 @@ def _counts(report: ImportReport) -> str:
     if report.rejected_earlier:
         rejected += f" ({report.rejected_earlier} by an earlier run)"
     counts = f"read {report.read}, {sent}, {rejected}, skipped {report.skipped}"
+    if report.filtered:
+        counts += f", filtered {report.filtered} (before_send)"
     rate = f", {report.read / report.seconds:.0f} lines/s" if report.seconds > 0 and report.read else ""
     return f"{counts} in {report.seconds:.1f}s{rate}"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import weakref
 from dataclasses import replace
 from datetime import datetime
@@ -16,10 +17,11 @@ from .durable import Durable
 from .encoding import encode, format_timestamp, now_timestamp
 from .errors import InvalidMessageError, InvalidTypeError
 from .messages import complete, normalize_ids, parameter, problems, wire_field
-from .settings import Settings
+from .scope import current
+from .settings import Settings, check_names
 from .spool import Spool
 from .transport import Transport
-from .worker import Worker
+from .worker import DROP_LOG_INTERVAL, Worker
 
 log = logging.getLogger("analytics_vitally")
 
@@ -43,7 +45,11 @@ class Client:
     """
 
     def __init__(self, write_key: Optional[str] = None, **settings: Any) -> None:
+        check_names(f"{type(self).__name__}()", settings)
         self.settings = chosen = Settings(write_key=write_key, **settings).resolved()
+        self._before_send = chosen.before_send
+        self._hook_failures = 0  # since the last log line about them
+        self._hook_logged_at = -DROP_LOG_INTERVAL
         self._transport = Transport(chosen)
         # The way of every message, chosen once: checked and encoded here; then queued in memory and
         # reported when it fails for good (Reporting), or first written to the spool (Durable).
@@ -104,6 +110,7 @@ class Client:
             {"type": "organization", "organizationId": organization_id, "traits": _or_empty(traits)},
             timestamp,
             message_id,
+            (),
         )
 
     def group(
@@ -128,6 +135,7 @@ class Client:
             },
             timestamp,
             message_id,
+            _ORGANIZATION,
         )
 
     def identify(
@@ -154,6 +162,7 @@ class Client:
             },
             timestamp,
             message_id,
+            _ACCOUNT_AND_ORGANIZATION,
         )
 
     def track(
@@ -183,6 +192,7 @@ class Client:
             },
             timestamp,
             message_id,
+            _ACCOUNT_AND_ORGANIZATION,
         )
 
     def unlink(
@@ -197,7 +207,9 @@ class Client:
 
         client.unlink("32", "acct-1")
         """
-        return self._submit({"type": "unlink", "userId": user_id, "accountId": account_id}, timestamp, message_id)
+        return self._submit(
+            {"type": "unlink", "userId": user_id, "accountId": account_id}, timestamp, message_id, ()
+        )
 
     def custom_object_instance(
         self,
@@ -227,6 +239,7 @@ class Client:
             },
             timestamp,
             message_id,
+            _ACCOUNT_AND_ORGANIZATION,
         )
 
     def enqueue(self, message: Mapping[str, Any]) -> Result:
@@ -248,9 +261,16 @@ class Client:
             filled["messageId"] = _new_message_id()
         return self._enqueue(filled, wire_field)
 
-    def _submit(self, fields: Message, timestamp: Optional[datetime], message_id: Optional[str]) -> Result:
+    def _submit(
+        self, fields: Message, timestamp: Optional[datetime], message_id: Optional[str], ids: Tuple[str, ...]
+    ) -> Result:
+        """Complete a message made by a method: the context's IDs among ``ids`` it lacks (and a track's
+        properties), no None fields, its ID and timestamp; then check, encode and queue it."""
         if _process.pid != _getpid():  # a fork that skipped the at-fork hooks (uWSGI forks from C)
             lifecycle.check_fork()
+        scope = current.get()
+        if scope is not None:
+            scope.fill(fields, ids)
         message = {key: value for key, value in fields.items() if value is not None}
         message["messageId"] = _new_message_id() if message_id is None else _message_id(message_id)
         message["timestamp"] = now_timestamp() if timestamp is None else _timestamp(timestamp)
@@ -268,13 +288,58 @@ class Client:
             found = problems(message, name, stamped)
             if found:
                 raise found[0]
+        if self._before_send is not None:
+            return self._through_hook(message)
+        return self._dispatch(self._encode(message, name)), message
+
+    def _encode(self, message: Message, name: Callable[[str], str]) -> str:
         data = encode(message, name)
         if len(data) > self._max_message_bytes:
             raise InvalidMessageError(
                 "message",
                 f"is {len(data)} bytes as JSON, more than max_batch_bytes={self.settings.max_batch_bytes} allows",
             )
-        return self._dispatch(data), message
+        return data
+
+    def _through_hook(self, message: Message) -> Result:
+        """``before_send`` sees the checked message; what it returns is checked again, encoded and queued.
+
+        None drops the message; a hook that raises, or returns a message breaking the rules, fails
+        closed: nothing is sent (sending the original would defeat a scrubbing hook). Each is
+        counted in ``stats().filtered``; failures are logged at ERROR, at most every 10 s.
+        """
+        assert self._before_send is not None
+        try:
+            returned = self._before_send(message)
+        except Exception as error:
+            self._filtered(f"before_send raised {type(error).__name__}: {error}", error)
+            return False, message
+        if returned is None:
+            self._worker.count_filtered()
+            return False, message
+        try:
+            changed = complete(returned)
+            found = problems(changed, wire_field)
+            if found:
+                normalize_ids(changed, wire_field)
+                found = problems(changed, wire_field)
+                if found:
+                    raise found[0]
+            data = self._encode(changed, wire_field)
+        except InvalidMessageError as error:
+            self._filtered(f"before_send returned a message that breaks Vitally's rules: {error}", None)
+            return False, message
+        return self._dispatch(data), changed
+
+    def _filtered(self, why: str, error: Optional[BaseException]) -> None:
+        self._worker.count_filtered()
+        self._hook_failures += 1
+        now = time.monotonic()
+        if now - self._hook_logged_at < DROP_LOG_INTERVAL:
+            return
+        count, self._hook_failures, self._hook_logged_at = self._hook_failures, 0, now
+        shown = (type(error), error, error.__traceback__) if error is not None else None
+        log.error("%d message(s) not sent: %s", count, why, exc_info=shown)
 
     # Lifecycle. -----------------------------------------------------------------------
 
@@ -312,6 +377,10 @@ class Client:
         """A snapshot of the counters: enqueued, sent, failed, dropped, retried, batches, queue_depth."""
         return replace(self._worker.stats(), retried=self._transport.retries)  # counted as they happen
 
+
+_ORGANIZATION = ("organizationId",)
+_ACCOUNT_AND_ORGANIZATION = ("accountId", "organizationId")
+"""The optional IDs a method's message takes, which an ``analytics_vitally.context()`` fills when not given."""
 
 _random = lifecycle.message_ids  # seeded again in a forked child
 _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}

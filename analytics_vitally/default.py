@@ -13,6 +13,9 @@ from .lifecycle import PerProcess
 client: Optional[Client] = None
 """The default client once made (None before the first call)."""
 
+told_late = False
+"""A module setting was changed after this default client was made, and the program was told (once)."""
+
 lock = PerProcess(threading.Lock)
 """Held while the default client is made or replaced (made at first use: after a fork, and after
 gevent's ``patch_all()``)."""
@@ -20,20 +23,21 @@ gevent's ``patch_all()``)."""
 
 def get(make: Callable[[], Client]) -> Client:
     """The default client, made by ``make()`` if there is none yet."""
-    global client
+    global client, told_late
     found = client
     if found is None:
         with lock.get():
             if client is None:
                 client = make()
+                told_late = False
             found = client
     return found
 
 
 def swap(new: Client) -> Optional[Client]:
     """Make ``new`` the default client (``lock`` held by the caller); returns the one it replaces."""
-    global client
-    previous, client = client, new
+    global client, told_late
+    previous, client, told_late = client, new, False
     return previous
 
 
@@ -43,4 +47,4 @@ def flush(timeout: Optional[float] = None) -> bool:
     return True if found is None else found.flush(timeout)
 
 
-__all__ = ["client", "flush", "get", "lock", "swap"]
+__all__ = ["client", "flush", "get", "lock", "swap", "told_late"]

@@ -67,6 +67,9 @@ class Stats:
     """Messages that failed for good (each was reported to on_error)."""
     dropped: int = 0
     """Messages refused because the queue was full."""
+    filtered: int = 0
+    """Messages ``before_send`` dropped (it returned None), or that failed in it (it raised, or returned a
+    message that breaks Vitally's rules; each logged at ERROR): none was sent."""
     retried: int = 0
     """Requests that were tried again."""
     batches: int = 0

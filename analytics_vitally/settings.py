@@ -7,6 +7,7 @@ both fill this dataclass; defaults, environment fallbacks and checks live here.
 from __future__ import annotations
 
 import collections.abc
+import difflib
 import hashlib
 import hmac
 import ipaddress
@@ -14,7 +15,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union, get_args, get_origin, get_type_hints
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union, get_args, get_origin, get_type_hints
 
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
@@ -24,6 +25,8 @@ from .messages import MAX_BATCH_MESSAGES
 
 ErrorCallback = Callable[[Exception, List[Dict[str, Any]]], None]
 """``on_error(exception, messages)``: messages are the dicts exactly as sent."""
+BeforeSend = Callable[[Dict[str, Any]], Optional[Dict[str, Any]]]
+"""``before_send(message) -> message or None``: the wire-form dict about to be encoded; None drops it."""
 
 ENVIRONMENT = {
     "write_key": "VITALLY_WRITE_KEY",
@@ -48,6 +51,7 @@ class Settings:
     debug: bool = False
     log_handler: Optional[logging.Handler] = None
     on_error: Optional[ErrorCallback] = None
+    before_send: Optional[BeforeSend] = None
     send: bool = True
     sync_mode: bool = False
     max_queue_size: int = 50_000
@@ -116,6 +120,10 @@ class Settings:
                 raise ConfigurationError(name, f"must be {names}, not {type(value).__name__}")
         if self.on_error is not None and not callable(self.on_error):
             raise ConfigurationError("on_error", "must be a function on_error(exception, messages), or None")
+        if self.before_send is not None and not callable(self.before_send):
+            raise ConfigurationError(
+                "before_send", "must be a function before_send(message) -> message or None, or None"
+            )
         for key, value in (self.proxies or {}).items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise ConfigurationError("proxies", "must map schemes to proxy URLs, both strings")
@@ -259,4 +267,21 @@ def _is_loopback(hostname: str) -> bool:
 
 SETTING_NAMES = tuple(setting.name for setting in fields(Settings))
 
-__all__ = ["ENVIRONMENT", "ErrorCallback", "SETTING_NAMES", "Settings"]
+
+def unknown_setting(name: str) -> str:
+    """``'name'`` with the closest setting's name as a suggestion, for an error about an unknown setting."""
+    close = difflib.get_close_matches(name, SETTING_NAMES, n=1, cutoff=0.6)
+    return f"{name!r} (did you mean {close[0]!r}?)" if close else f"{name!r} (the settings: {', '.join(SETTING_NAMES)})"
+
+
+def check_names(caller: str, names: Iterable[str]) -> None:
+    """TypeError naming ``caller`` and the closest setting if any of ``names`` is not a setting."""
+    unknown = [name for name in names if name not in _NAMES]
+    if unknown:
+        raise TypeError(f"{caller} got an unknown setting {unknown_setting(unknown[0])}")
+
+
+_NAMES = frozenset(SETTING_NAMES)
+
+
+__all__ = ["ENVIRONMENT", "SETTING_NAMES", "BeforeSend", "ErrorCallback", "Settings", "check_names", "unknown_setting"]

@@ -81,8 +81,9 @@ class Worker:
         self._thread_count = settings.thread
         self._retired = False
         self._reset()
-        self._backlog = feed is not None
-        """The feed's backlog is still being read into the queue: flush() waits for it."""
+        self._unread = feed is not None
+        """The feed's backlog is still being read into the queue: flush() waits for it. (Not ``_backlog``,
+        the queue length past which callers yield the GIL.)"""
         lifecycle.track_worker(self)
 
     def _reset(self) -> None:
@@ -96,7 +97,7 @@ class Worker:
         self._taken = 0
         self._in_flight: Dict[int, int] = {}  # queue position -> size of each batch being delivered
         self._flush_to = 0
-        self._backlog_end = 0  # the queue position where the feed's backlog ended
+        self._unread_end = 0  # the queue position where the feed's backlog ended
         self._stopping = False
         self._closed = False
         self._sent_in_sync_mode = 0
@@ -110,7 +111,7 @@ class Worker:
     def reset_after_fork(self) -> None:
         """In a forked child: a fresh queue, lock and threads; the parent's messages stay the parent's."""
         self._reset()
-        self._backlog = False  # the parent's backlog is the parent's to send
+        self._unread = False  # the parent's backlog is the parent's to send
 
     def retire(self) -> None:
         """The client is gone: deliver what is queued (and the feed's backlog), then end the threads
@@ -169,6 +170,11 @@ class Worker:
         """Count an entry refused before ``put()`` (``logged``: whoever refused it said why); False."""
         self._drop(logged)
         return False
+
+    def count_filtered(self) -> None:
+        """Count a message that ``before_send`` kept from being queued."""
+        with self._cond:
+            self._stats = replace(self._stats, filtered=self._stats.filtered + 1)
 
     def deliver_now(self, entry: Any) -> bool:
         """Deliver one entry on the calling thread (sync_mode); True if Vitally took it."""
@@ -295,7 +301,7 @@ class Worker:
     def _wait_for(self, target: int, deadline: Optional[float]) -> bool:
         while True:
             with self._cond:
-                if self._backlog:  # what the feed's backlog adds to the queue is waited for too
+                if self._unread:  # what the feed's backlog adds to the queue is waited for too
                     queued = self._taken + len(self._pending)
                     if queued > target:
                         target = queued
@@ -303,8 +309,8 @@ class Worker:
                             self._flush_to = queued
                             self._cond.notify_all()
                 else:
-                    if self._backlog_end > target:  # the backlog ended while this flush waited for it
-                        target = self._backlog_end
+                    if self._unread_end > target:  # the backlog ended while this flush waited for it
+                        target = self._unread_end
                         if target > self._flush_to:
                             self._flush_to = target
                             self._cond.notify_all()
@@ -316,7 +322,7 @@ class Worker:
                 batch = None
                 if not any(thread.is_alive() for thread in self._threads) and not self._start_locked():
                     # No thread can run (interpreter shutdown): deliver on this thread, unlocked.
-                    self._backlog = False  # nothing reads the feed's backlog now: it stays where it is
+                    self._unread = False  # nothing reads the feed's backlog now: it stays where it is
                     self._flush_to = max(self._flush_to, self._taken + len(self._pending))
                     batch = self._take()
                 if batch is None:
@@ -424,11 +430,11 @@ class Worker:
             with self._cond:
                 batch = self._take()
                 while batch is None:
-                    if self._stopping and not self._pending and not self._backlog:
+                    if self._stopping and not self._pending and not self._unread:
                         self._leave()
                         return
                     wait = self._wait_time()
-                    if feed is not None and (self._backlog or not self._stopping):
+                    if feed is not None and (self._unread or not self._stopping):
                         wait = min(wait, feed.due_in())
                         if wait <= 0:
                             break  # time to read the feed again
@@ -460,7 +466,7 @@ class Worker:
         the queue empties, ten batches ahead. A backlog is read without pause, and before the
         threads stop.
         """
-        backlog = self._backlog
+        backlog = self._unread
         if not backlog and (self._stopping or feed.due_in() > 0):
             return
         pending = len(self._pending)
@@ -473,8 +479,8 @@ class Worker:
         with self._cond:
             self._pending.extend(found)
             if backlog and len(found) < room:
-                self._backlog = False  # all read: flush() now waits only for the queue, up to here
-                self._backlog_end = self._taken + len(self._pending)
+                self._unread = False  # all read: flush() now waits only for the queue, up to here
+                self._unread_end = self._taken + len(self._pending)
             self._cond.notify_all()
 
     def _send(self, batch: List[Any], start: int) -> None:

@@ -15,6 +15,7 @@ It reaches into the client's private worker only to run a profiler on its thread
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import pstats
@@ -116,6 +117,7 @@ def breakdown(calls: int, port: int) -> None:
     import requests
     import urllib3
 
+    import analytics_vitally
     from analytics_vitally import Client
     from analytics_vitally import client as client_module
     from analytics_vitally.delivery import Outcome
@@ -138,8 +140,16 @@ def breakdown(calls: int, port: int) -> None:
     message["messageId"] = new_id()
     message["timestamp"] = now_timestamp()
     quiet = Client(WRITE_KEY, host=f"http://{LOOPBACK}:{port}", send=False)
+    hooked = Client(WRITE_KEY, host=f"http://{LOOPBACK}:{port}", send=False, before_send=lambda message: message)
+    inside = analytics_vitally.context(account_id="acct-1", properties={"tenant": "t-1"})
     steps: Dict[str, Callable[[], Any]] = {
         "track() whole, send=False (no queue, no worker)": lambda: quiet.track(
+            "user-1", EVENT, {"plan": "pro", "index": 1, "amount": 12.5}
+        ),
+        "  the same with before_send (returns the message)": lambda: hooked.track(
+            "user-1", EVENT, {"plan": "pro", "index": 1, "amount": 12.5}
+        ),
+        "  the same inside a context (account, one property)": lambda: quiet.track(
             "user-1", EVENT, {"plan": "pro", "index": 1, "amount": 12.5}
         ),
         "  drop None values (dict comprehension)": lambda: {k: v for k, v in fields.items() if v is not None},
@@ -152,7 +162,8 @@ def breakdown(calls: int, port: int) -> None:
     number = max(calls, 10_000)
     print(f"app thread: each step of one track() alone, best of 5 x {number:,}, µs per call:")
     for label, step in steps.items():
-        best = min(timeit.repeat(step, number=number, repeat=5)) / number * 1e6
+        with inside if "inside a context" in label else contextlib.nullcontext():  # entered once, not per call
+            best = min(timeit.repeat(step, number=number, repeat=5)) / number * 1e6
         print(f"  {label:56} {best:6.2f}")
 
     # The queue: Worker.put with a worker whose delivery costs nothing (so only the queue and its lock cost).

@@ -46,14 +46,16 @@ def make_client(receiver: Receiver) -> Iterator[MakeClient]:
 @pytest.fixture
 def module_api(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The module-level API pointed at the receiver, reset to its defaults afterwards."""
+    analytics_vitally.shutdown(timeout=5)  # a default client left by an earlier test
+    analytics_vitally.default.client = None  # so the settings below are not "changed after it was made"
     defaults = Settings()
     for name in SETTING_NAMES:
         monkeypatch.setattr(analytics_vitally, name, getattr(defaults, name))
     monkeypatch.setattr(analytics_vitally, "write_key", TOKEN)
     monkeypatch.setattr(analytics_vitally, "host", receiver.url)
-    monkeypatch.setattr(analytics_vitally.default, "client", None)
     yield analytics_vitally
     analytics_vitally.shutdown(timeout=5)
+    analytics_vitally.default.client = None  # before the settings are put back
 
 
 def run_script(code: str, **env: str) -> subprocess.CompletedProcess[str]:

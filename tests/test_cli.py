@@ -816,3 +816,27 @@ def test_a_huge_line_is_rejected_by_its_start_within_bounded_memory(receiver: Re
     [entry] = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
     assert entry["line"] == 2 and "longer than any message can be" in entry["error"]
     assert entry["text"].startswith('{"type": "track", "pad": "') and len(entry["text"]) <= 1000
+
+
+def test_import_passes_each_message_through_before_send(receiver: Receiver, tmp_path: Path) -> None:
+    (tmp_path / "scrub.py").write_text(
+        "def before_send(message):\n"
+        "    n = message['properties']['n']\n"
+        "    if n % 10 == 0:\n"
+        "        return None\n"
+        "    if n % 10 == 1:\n"
+        "        raise ValueError('cannot scrub')\n"
+        "    message['properties']['scrubbed'] = True\n"
+        "    return message\n"
+    )
+    source = write(tmp_path / "events.jsonl", track_lines(100))
+    result = run_import(receiver, "--before-send", "scrub:before_send", str(source), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert summary(result) == {"read": 100, "sent": 80, "rejected": 0, "skipped": 0}
+    assert "filtered 20 (before_send)" in result.stdout
+    assert sorted(m["properties"]["n"] for m in receiver.messages) == [n for n in range(100) if n % 10 > 1]
+    assert all(m["properties"]["scrubbed"] is True for m in receiver.messages)
+    again = run_import(receiver, "--before-send", "scrub:before_send", str(source), cwd=tmp_path)
+    assert summary(again) == {"read": 0, "sent": 0, "rejected": 0, "skipped": 100}  # progress went past them
+    missing = run_import(receiver, "--before-send", "nowhere:before_send", str(source), cwd=tmp_path)
+    assert missing.returncode == 2 and "cannot load nowhere:before_send: ModuleNotFoundError" in missing.stderr

@@ -355,3 +355,27 @@ def test_a_retired_worker_retires_its_delivery_once_its_threads_end(
     deliver.gate.set()
     wait_until(lambda: deliver.retired == [True, True], timeout=10)
     assert deliver.delivered == ['"a"']
+
+
+def test_callers_yield_the_gil_only_once_the_queue_is_half_full(
+    make_worker: Callable[..., Worker], deliver: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    yields: List[float] = []
+    real_sleep = time.sleep
+
+    def counting_sleep(seconds: float) -> None:
+        if threading.current_thread() is threading.main_thread():
+            yields.append(seconds)
+        real_sleep(seconds)
+
+    worker = make_worker(max_queue_size=4_000, upload_size=100)
+    deliver.gate.clear()  # nothing leaves: the queue only grows
+    monkeypatch.setattr(time, "sleep", counting_sleep)
+    for i in range(2_000):  # up to half full: the watermark
+        assert worker.put(f'"{i}"')
+    assert yields == []
+    for i in range(1_900):  # past it: now and then, more often as it fills
+        assert worker.put(f'"{i}"')
+    monkeypatch.undo()
+    assert 30 <= len(yields) <= 1_900 and set(yields) <= {0.0, 1e-6}
+    deliver.gate.set()

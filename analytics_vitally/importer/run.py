@@ -125,6 +125,8 @@ class ImportReport:
     positions: Tuple[Tuple[str, int], ...]
     """``(file, line)``: every line of the file up to ``line`` was delivered or rejected (progress
     is saved there, unless a dry run or standard input)."""
+    filtered: int = 0
+    """Lines the client's ``before_send`` dropped, or failed on (each logged at ERROR): not sent, not rejected."""
 
     @property
     def exit_code(self) -> int:
@@ -161,6 +163,7 @@ class Importer:
         self._failure: Optional[str] = None
         self._undelivered = 0
         self._refused = 0
+        self._filtered = 0  # lines before_send kept from being sent (the client's stats().filtered)
         """Messages Vitally refused (their lines are rejected)."""
         self._valid = 0
 
@@ -362,9 +365,14 @@ class Importer:
             if self._rate is not None:
                 self._rate.wait()
             queued, _ = self._client.enqueue(value)
-            if not queued:  # the queue is full: let it drain, then queue again
+            filtered = not queued and self._filtered_out()
+            if not queued and not filtered:  # the queue is full: let it drain, then queue again
                 self._client.flush()
                 queued, _ = self._client.enqueue(value)
+                filtered = not queued and self._filtered_out()
+            if filtered:  # before_send left it out (or failed on it, logged): neither sent nor rejected
+                self._pending.pop(message_id, None)
+                return
         except Exception as error:  # the rules, or a value the encoder cannot take: this line only
             if message_id is not None:
                 self._pending.pop(message_id, None)
@@ -375,6 +383,14 @@ class Importer:
             self._rate.queued()
         if not queued:
             self._reject(source, number, "not queued: the client's queue stayed full", text)
+
+    def _filtered_out(self) -> bool:
+        """Whether the call that just returned False was before_send's doing (this thread alone calls)."""
+        filtered = self._client.stats().filtered
+        if filtered == self._filtered:
+            return False
+        self._filtered = filtered
+        return True
 
     def _checkpoint(self, source: Source, done: bool) -> None:
         """Wait for what was queued, then record that every line up to here is delivered or rejected."""
@@ -431,7 +447,8 @@ class Importer:
         rejected = sum(source.rejected for source in sources)
         earlier = sum(source.earlier_rejected for source in sources)
         stats = self._client.stats()
-        sent_all = stats.sent == read - (rejected - earlier) and stats.failed == self._refused and not stats.dropped
+        expected = read - (rejected - earlier) - self._filtered
+        sent_all = stats.sent == expected and stats.failed == self._refused and not stats.dropped
         delivered = self._failure is None and (self._dry_run or sent_all)
         return ImportReport(
             read=read,
@@ -447,6 +464,7 @@ class Importer:
             dry_run=self._dry_run,
             seconds=seconds,
             positions=tuple((source.name, source.checkpoint_line) for source in sources),
+            filtered=self._filtered,
         )
 
 
