@@ -318,9 +318,13 @@ class Client:
             self._worker.count_filtered()
             return False, message
         try:
-            changed = complete(returned)
+            changed = returned
+            if changed.__class__ is not dict or any(value is None for value in changed.values()):
+                changed = complete(changed)  # as enqueue() completes a message: no None fields
             found = problems(changed, wire_field)
-            if found:
+            if found:  # what enqueue() would fix first: a timestamp in another ISO form, integer IDs...
+                if changed is returned:
+                    changed = complete(changed)
                 normalize_ids(changed, wire_field)
                 found = problems(changed, wire_field)
                 if found:

@@ -271,3 +271,16 @@ def test_an_async_client_in_sync_mode_carries_the_context_to_its_thread(receiver
 
     asyncio.run(main())
     assert [m.get("accountId") for m in receiver.messages] == ["acct-1"]
+
+
+def test_what_before_send_returns_is_completed_as_enqueue_does(make_client: MakeClient, receiver: Receiver) -> None:
+    def reshape(message: Message) -> Message:
+        return {**message, "accountId": None, "organizationId": 7, "timestamp": "2023-05-15T14:31:12+02:00"}
+
+    client = make_client(before_send=reshape)
+    queued, sent = client.track("32", "e", account_id="acct-1")
+    assert queued
+    assert client.flush(timeout=10)
+    (arrived,) = receiver.messages
+    assert "accountId" not in arrived and arrived["organizationId"] == "7"  # None left out, integer ID a string
+    assert arrived["timestamp"] == "2023-05-15T12:31:12.000Z" == sent["timestamp"]
