@@ -36,6 +36,7 @@ from .errors import (
     InvalidMessageError,
     InvalidTypeError,
 )
+from .otel import instrument_metrics
 from .scope import context
 from .settings import SETTING_NAMES, BeforeSend, ErrorCallback, Settings, check_names, unknown_setting
 from .version import VERSION
@@ -232,6 +233,7 @@ __all__ = [
     "flush_after",
     "group",
     "identify",
+    "instrument_metrics",
     "join",
     "organization",
     "shutdown",

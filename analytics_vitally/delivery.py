@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Protocol
+from typing import Any, Callable, List, Optional, Protocol
 
+from . import lifecycle
 from .errors import DeliveryError
 from .settings import ErrorCallback
 
@@ -76,6 +78,36 @@ class Stats:
     """Requests Vitally accepted."""
     queue_depth: int = 0
     """Messages waiting in the queue now."""
+
+
+class Totals:
+    """This process's counts over every client, only ever growing (a client that is gone keeps its part):
+    what ``instrument_metrics`` exports. Updated per batch and per refused message, never per call."""
+
+    __slots__ = ("_lock", "dropped", "failed", "filtered", "retried", "sent")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.sent = self.failed = self.dropped = self.filtered = self.retried = 0
+
+    def add(self, sent: int = 0, failed: int = 0, dropped: int = 0, filtered: int = 0, retried: int = 0) -> None:
+        with self._lock:
+            self.sent += sent
+            self.failed += failed
+            self.dropped += dropped
+            self.filtered += filtered
+            self.retried += retried
+
+
+totals = lifecycle.PerProcess(Totals)
+"""Made again in a forked child (its counts start at zero: the parent exports its own)."""
+
+RequestObserver = Callable[[str, float, Optional[int], Optional[str]], None]
+"""``observe(url, seconds, status, error)`` after each request: where it went, its duration, the HTTP status
+if an answer came, and why it failed (the status, or ``no_response``), or None."""
+
+request_observers: List[RequestObserver] = []
+"""Called by the transport after each request (``instrument_metrics`` adds one); empty: nothing is timed."""
 
 
 class Sender(Protocol):
@@ -164,4 +196,17 @@ class Reporting:
         return False  # nothing is kept: what was not delivered was reported or is counted lost
 
 
-__all__ = ["Delivery", "Failure", "Feed", "Outcome", "Reporting", "Sender", "Stats", "report"]
+__all__ = [
+    "Delivery",
+    "Failure",
+    "Feed",
+    "Outcome",
+    "Reporting",
+    "RequestObserver",
+    "Sender",
+    "Stats",
+    "Totals",
+    "report",
+    "request_observers",
+    "totals",
+]

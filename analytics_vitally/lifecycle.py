@@ -37,7 +37,7 @@ import threading
 import time
 import weakref
 from types import FrameType
-from typing import Any, Callable, Dict, Generic, Optional, Protocol, Set, Tuple, TypeVar
+from typing import Any, Callable, Dict, Generic, List, Optional, Protocol, Set, Tuple, TypeVar
 
 log = logging.getLogger("analytics_vitally")
 
@@ -143,10 +143,19 @@ class Worker(Resettable, Protocol):
 
     def close(self, timeout: float) -> int: ...
 
+    def stats(self) -> Any: ...
+
+
+class Spool(Resettable, Protocol):
+    """A client's spool (``spool.Spool``): reset in a child; its files' size is a metric."""
+
+    @property
+    def disk_bytes(self) -> int: ...
+
 
 _workers: weakref.WeakSet[Worker] = weakref.WeakSet()
 _transports: weakref.WeakSet[Resettable] = weakref.WeakSet()
-_spools: weakref.WeakSet[Resettable] = weakref.WeakSet()
+_spools: weakref.WeakSet[Spool] = weakref.WeakSet()
 _held: Set[Worker] = set()
 """Workers with threads running: kept alive whether or not their client still is."""
 
@@ -159,8 +168,18 @@ def track_transport(transport: Resettable) -> None:
     _transports.add(transport)
 
 
-def track_spool(spool: Resettable) -> None:
+def track_spool(spool: Spool) -> None:
     _spools.add(spool)
+
+
+def workers() -> List[Worker]:
+    """Every client's worker alive in this process (for metrics)."""
+    return list(_workers)
+
+
+def spools() -> List[Spool]:
+    """Every spool alive in this process (for metrics)."""
+    return list(_spools)
 
 
 def hold(worker: Worker) -> None:
@@ -365,4 +384,6 @@ __all__ = [
     "track_spool",
     "track_transport",
     "track_worker",
+    "spools",
+    "workers",
 ]

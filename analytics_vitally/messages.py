@@ -118,6 +118,14 @@ def parameter(field: str) -> str:
     return _PARAMETERS.get(field, field)
 
 
+_WIRE_FIELDS = {parameter: field for field, parameter in _PARAMETERS.items()}
+
+
+def field_of(parameter: str) -> str:
+    """The wire field a Python parameter sets (``user_id`` -> ``userId``); other names are their own."""
+    return _WIRE_FIELDS.get(parameter, parameter)
+
+
 def wire_field(field: str) -> str:
     """The name a wire field goes by in errors about wire-form messages: itself."""
     return field
@@ -267,6 +275,7 @@ __all__ = [
     "Rule",
     "check",
     "complete",
+    "field_of",
     "normalize_ids",
     "parameter",
     "problems",

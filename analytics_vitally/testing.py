@@ -15,6 +15,14 @@ a JSON array of 1 to 100 messages that pass the library's own rules
 A 400 rejects the whole batch. ``GET /messages`` returns what it accepted.
 
 With pytest, the ``vitally_receiver`` fixture gives a started ``Receiver``.
+
+``capture()`` needs no server: under it, the module-level API (or the client given)
+checks, completes and encodes each message as in production, then keeps it in memory;
+no thread starts and no socket opens. The ``vitally_capture`` fixture gives one.
+
+    with capture() as sent:
+        analytics.track("32", "scored-goal", {"minute": 14})
+    sent.assert_tracked("scored-goal", user_id="32", properties={"minute": 14})
 """
 
 from __future__ import annotations
@@ -25,14 +33,22 @@ import socket
 import struct
 import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import IO, Any, Callable, Dict, List, Optional
+from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Union
 
-from .messages import MAX_BATCH_MESSAGES, problems
-from .settings import BATCH_PATH
+import analytics_vitally
 
-__all__ = ["Receiver", "Reply", "Request"]
+from . import default
+from .client import Client
+from .messages import MAX_BATCH_MESSAGES, field_of, problems
+from .settings import BATCH_PATH, SETTING_NAMES
+
+if TYPE_CHECKING:
+    from .aio import AsyncClient
+
+__all__ = ["Captured", "Receiver", "Reply", "Request", "capture"]
 
 
 @dataclass
@@ -225,3 +241,106 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {"Content-Type": "application/json", "Content-Length": str(len(payload)), **reply.headers}
         head.extend(f"{key}: {value}" for key, value in headers.items())
         self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
+
+
+# capture(): a Vitally in memory. ------------------------------------------------------------------
+
+class Captured:
+    """What was sent under ``capture()``: ``messages``, the wire-form dicts in order, and assertions
+    that fail with a message listing what was sent."""
+
+    def __init__(self) -> None:
+        self.messages: List[Dict[str, Any]] = []
+
+    def _keep(self, data: str) -> bool:
+        self.messages.append(json.loads(data))  # exactly what would have been sent
+        return True
+
+    def clear(self) -> None:
+        """Forget what was captured so far."""
+        self.messages.clear()
+
+    def assert_nothing_sent(self) -> None:
+        assert not self.messages, f"expected nothing sent; sent:\n{self._shown()}"
+
+    def assert_tracked(self, event: str, **fields: Any) -> Dict[str, Any]:
+        """The track ``event`` that was sent with these fields (``user_id=``, ``account_id=``, ``properties=``...;
+        ``properties`` match when they hold at least the items given). AssertionError naming it if none was."""
+        return self._find("track", "event", event, fields, "properties")
+
+    def assert_identified(self, user_id: Any, **traits: Any) -> Dict[str, Any]:
+        """The ``user`` message for ``user_id`` whose traits hold at least ``traits``."""
+        return self._find("user", "userId", str(user_id), {"traits": traits}, "traits")
+
+    def assert_grouped(self, account_id: Any, **traits: Any) -> Dict[str, Any]:
+        """The ``account`` message for ``account_id`` whose traits hold at least ``traits``."""
+        return self._find("account", "accountId", str(account_id), {"traits": traits}, "traits")
+
+    def _find(self, kind: str, key: str, value: Any, fields: Dict[str, Any], subset: str) -> Dict[str, Any]:
+        wanted = {field_of(name): given for name, given in fields.items()}
+        for message in self.messages:
+            if message.get("type") == kind and message.get(key) == value and _matches(message, wanted, subset):
+                return message
+        details = ", ".join(f"{name}={given!r}" for name, given in wanted.items() if given != {})
+        raise AssertionError(
+            f"no {kind} message with {key}={value!r}{', ' + details if details else ''} was sent; "
+            f"sent {len(self.messages)}:\n{self._shown()}"
+        )
+
+    def _shown(self) -> str:
+        if not self.messages:
+            return "  (nothing)"
+        return "\n".join(f"  {json.dumps(message, sort_keys=True)}" for message in self.messages[:50])
+
+
+def _matches(message: Dict[str, Any], wanted: Dict[str, Any], subset: str) -> bool:
+    for name, given in wanted.items():
+        found = message.get(name)
+        if name == subset:
+            if not isinstance(found, dict) or any(found.get(key, _MISSING) != item for key, item in given.items()):
+                return False
+        elif found != (str(given) if name.endswith("Id") and isinstance(given, int) else given):
+            return False
+    return True
+
+
+_MISSING = object()
+
+
+@contextmanager
+def capture(client: Union[Client, AsyncClient, None] = None) -> Iterator[Captured]:
+    """Under it, messages are checked, completed and encoded as in production, then kept in ``.messages``.
+
+        with capture() as sent:                      # the module-level API
+            analytics.track("32", "scored-goal")
+        sent.assert_tracked("scored-goal", user_id="32")
+
+        with capture(client) as sent: ...            # a Client or an AsyncClient
+
+    The same errors as in production (a bad call raises ``InvalidMessageError``) and ``before_send``
+    applies. No thread starts and no socket opens: without a client, the module-level API uses a
+    client made from the module settings with ``send=False`` (no write key needed) for the block.
+    """
+    captured = Captured()
+    if client is None:
+        settings = {name: getattr(analytics_vitally, name) for name in SETTING_NAMES}
+        made = Client(**{**settings, "send": False, "sync_mode": False, "spool": ""})
+        made._dispatch = captured._keep
+        with default.lock.get():
+            previous = default.swap(made)
+        try:
+            yield captured
+        finally:
+            with default.lock.get():
+                if previous is None:
+                    default.client = None
+                else:
+                    default.swap(previous)
+        return
+    target = client if isinstance(client, Client) else client.client  # an AsyncClient: the Client underneath
+    dispatch = target._dispatch
+    target._dispatch = captured._keep
+    try:
+        yield captured
+    finally:
+        target._dispatch = dispatch

@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any, Deque, Dict, List, Optional
 
 from . import lifecycle
-from .delivery import Delivery, Feed, Outcome, Stats
+from .delivery import Delivery, Feed, Outcome, Stats, totals
 from .servers import warn_if_threads_cannot_run
 from .settings import Settings
 
@@ -175,6 +175,7 @@ class Worker:
         """Count a message that ``before_send`` kept from being queued."""
         with self._cond:
             self._stats = replace(self._stats, filtered=self._stats.filtered + 1)
+        totals.get().add(filtered=1)
 
     def deliver_now(self, entry: Any) -> bool:
         """Deliver one entry on the calling thread (sync_mode); True if Vitally took it."""
@@ -187,6 +188,7 @@ class Worker:
 
     def _drop(self, logged: bool = False) -> None:
         """Count a refused entry; log it (at most every 10 s) unless ``logged``: who refused it said why."""
+        totals.get().add(dropped=1)
         with self._cond:
             self._stats = replace(self._stats, dropped=self._stats.dropped + 1)
             if logged:
@@ -496,6 +498,7 @@ class Worker:
                 self._cond.notify_all()
 
     def _record(self, outcome: Outcome) -> None:
+        totals.get().add(sent=outcome.sent, failed=outcome.failed, retried=outcome.retried)
         stats = self._stats
         self._stats = replace(
             stats,

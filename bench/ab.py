@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=8)
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--scenarios", default="call,loopback", help="names from bench/run.py's SCENARIOS")
+    parser.add_argument("--b-otel", action="store_true", help="B with OpenTelemetry metrics instrumented")
     args = parser.parse_args()
     chosen = [scenario for scenario in SCENARIOS if scenario.name in args.scenarios.split(",")]
     keys = {"call": "call_us", "loopback": "messages_per_second"}
@@ -71,7 +72,8 @@ def main() -> None:
                 for scenario in chosen:
                     for side in order:
                         wait_for_quiet(lambda text: print(text, file=sys.stderr))
-                        result = run_measurement(port, OURS, args.calls, scenario, libraries[side])
+                        flags = ["--otel"] if side == "B" and args.b_otel else []
+                        result = run_measurement(port, OURS, args.calls, scenario, libraries[side], flags)
                         value = float(result[keys.get(scenario.name, "call_us")])
                         found[scenario.name][side].append(value)
                         if scenario.name in extra:
@@ -81,7 +83,8 @@ def main() -> None:
             del control
             receiver.terminate()
             receiver.wait(10)
-    print(f"A = {args.a}, B = {args.b}; {args.reps} rounds of {args.calls:,} calls, A and B alternating")
+    instrumented = " with metrics instrumented" if args.b_otel else ""
+    print(f"A = {args.a}, B = {args.b}{instrumented}; {args.reps} rounds of {args.calls:,} calls, A and B alternating")
     rows = [(s.name, "msg/s" if s.name == "loopback" else "µs per call (wall)") for s in chosen]
     rows += [(f"{s.name}+", extra[s.name][1]) for s in chosen if s.name in extra]
     for name, unit in rows:

@@ -54,11 +54,20 @@ def settle(
     return stats, stats["reached_at"] is not None
 
 
-def measure(client: str, port: int, calls: int, delay: float, settings: Dict[str, Any]) -> Dict[str, Any]:
+def measure(
+    client: str, port: int, calls: int, delay: float, settings: Dict[str, Any], otel: bool = False
+) -> Dict[str, Any]:
     allow_loopback_only()
     control = ReceiverControl(port)
     before_import = memory_kib()
     library = library_fingerprint()
+    if otel:  # ours with OpenTelemetry metrics instrumented (an SDK provider and an in-memory reader)
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        import analytics_vitally
+
+        analytics_vitally.instrument_metrics(MeterProvider(metric_readers=[InMemoryMetricReader()]))
     bench = build(client, f"http://{LOOPBACK}:{port}", settings)
     built = memory_kib()
     control.reset(delay=delay, target=calls)
@@ -148,9 +157,10 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds the receiver waits before each answer")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=JSON", help="a client setting")
+    parser.add_argument("--otel", action="store_true", help="ours: instrument OpenTelemetry metrics first")
     args = parser.parse_args()
     settings = {name: json.loads(value) for name, _, value in (item.partition("=") for item in args.set)}
-    result = measure(args.client, args.port, args.calls, args.delay, settings)
+    result = measure(args.client, args.port, args.calls, args.delay, settings, args.otel)
     sys.stdout.write("RESULT " + json.dumps(result) + "\n")
     sys.stdout.flush()
     # Skip the clients' atexit handlers: everything was delivered and measured already.

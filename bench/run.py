@@ -158,11 +158,14 @@ class Results:
         return statistics.median(loop.messages_per_second for loop in loops) if loops else None
 
 
-def run_measurement(port: int, client: str, calls: int, scenario: Scenario, library: Path) -> Dict[str, Any]:
-    """One measurement in a fresh process; for OURS_SPOOL, ours with a fresh spool directory, removed after it."""
+def run_measurement(
+    port: int, client: str, calls: int, scenario: Scenario, library: Path, extra: Sequence[str] = ()
+) -> Dict[str, Any]:
+    """One measurement in a fresh process; for OURS_SPOOL, ours with a fresh spool directory, removed after it.
+    ``extra``: more arguments for bench/measure.py (``--otel``)."""
     settings = scenario.settings(client, calls)
     if client != OURS_SPOOL:
-        return _measure(port, client, calls, scenario, settings, library)
+        return _measure(port, client, calls, scenario, settings, library, extra)
     spool = tempfile.mkdtemp(prefix="bench-spool-")
     try:
         return _measure(port, OURS, calls, scenario, {**settings, "spool": spool}, library)
@@ -171,7 +174,13 @@ def run_measurement(port: int, client: str, calls: int, scenario: Scenario, libr
 
 
 def _measure(
-    port: int, client: str, calls: int, scenario: Scenario, settings: Dict[str, Any], library: Path
+    port: int,
+    client: str,
+    calls: int,
+    scenario: Scenario,
+    settings: Dict[str, Any],
+    library: Path,
+    extra: Sequence[str] = (),
 ) -> Dict[str, Any]:
     command = [
         sys.executable,
@@ -182,6 +191,7 @@ def _measure(
         f"--delay={scenario.delay}",
     ]
     command += [f"--set={name}={json.dumps(value)}" for name, value in settings.items()]
+    command += list(extra)
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment(library))
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):

@@ -40,7 +40,7 @@ import urllib3
 from requests.utils import select_proxy
 
 from .. import lifecycle
-from ..delivery import Failure, Outcome
+from ..delivery import Failure, Outcome, request_observers
 from ..errors import AuthenticationError, DeliveryError
 from ..settings import Settings
 from ..version import VERSION
@@ -300,6 +300,22 @@ class Transport:
                 f"not sent: Vitally refused the write_key (401) recently; sending is paused for {paused:.0f}s more",
                 401,
             )
+        if not request_observers:
+            self._exchange(body, count)
+            return
+        started = time.monotonic()
+        try:
+            status = self._exchange(body, count)
+        except DeliveryError as error:
+            failure = str(error.status) if error.status is not None else "no_response"
+            for observe in request_observers:
+                observe(self._url, time.monotonic() - started, error.status, failure)
+            raise
+        for observe in request_observers:
+            observe(self._url, time.monotonic() - started, status, None)
+
+    def _exchange(self, body: bytes, count: int) -> int:
+        """The request itself, within its deadline: Vitally's status if it accepted the batch."""
         started = time.monotonic()
         deadline = watchdog.get().arm(self._settings.timeout, self)
         lane = self._lane()
@@ -321,7 +337,7 @@ class Transport:
             except _BROKEN as exception:
                 if 200 <= status < 300:  # accepted; only the rest of the answer got lost
                     log.debug("batch of %d: %d, then the answer broke off", count, status)
-                    return
+                    return status
                 why = self._why(exception, deadline)
                 raise DeliveryError(f"Vitally answered {status}, then the answer broke off: {why}") from None
         finally:
@@ -330,7 +346,7 @@ class Transport:
                 lane.close()
         log.debug("batch of %d: %d in %.0f ms", count, status, (time.monotonic() - started) * 1000)
         if 200 <= status < 300:
-            return
+            return status
         text = self._redact.answer(answer, longer)
         shown = f"{text} [cut at {ANSWER_LIMIT} bytes]" if longer else text
         if status == 401:
