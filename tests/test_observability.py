@@ -156,3 +156,19 @@ def test_a_given_client_is_captured_then_sends_again(make_client: Any, receiver:
 def test_the_vitally_capture_fixture(vitally_capture: Captured) -> None:
     analytics_vitally.track(None, "plan-renewed", account_id="acct-1")
     vitally_capture.assert_tracked("plan-renewed", account_id="acct-1")
+
+
+def test_an_async_client_is_captured(no_network: List[str]) -> None:
+    import asyncio
+
+    from analytics_vitally import AsyncClient
+
+    async def main() -> Captured:
+        client = AsyncClient("k", subdomain="acme")
+        with capture(client) as sent:
+            await client.track("32", "from-a-task")
+        return sent
+
+    sent = asyncio.run(main())
+    sent.assert_tracked("from-a-task", user_id="32")
+    assert no_network == []
