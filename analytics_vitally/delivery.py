@@ -128,7 +128,8 @@ class Delivery(Protocol):
     - ``deliver(batch)`` runs on a worker thread (or the caller's, in sync_mode) and never raises;
       the returned ``Outcome`` feeds the counters.
     - ``get_ready()`` and ``release()`` run on each worker thread as it starts and as it ends
-      (a connection per thread is made ready and closed).
+      (a connection per thread is made ready and closed); ``release()`` also runs on the thread
+      calling ``shutdown()``, whose connection sync_mode may have opened.
     - ``abort()``: time is running out at exit: stop retrying and end requests in flight.
     - ``retire()``: the worker is done with it for now (its client was dropped and its threads
       ended, or the exit drain ended). True if entries not delivered are kept elsewhere (on

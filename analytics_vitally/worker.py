@@ -257,6 +257,7 @@ class Worker:
         later = [] if drained else [thread for thread in self._threads if thread not in stopping]
         for thread in stopping + later:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self._delivery.release()  # sync_mode delivered on this thread: its connection ends here too
         return drained
 
     def close(self, timeout: float) -> int:

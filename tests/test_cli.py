@@ -349,7 +349,7 @@ def run_on_terminal(command: List[str], cwd: Path) -> tuple[int, str]:
     fcntl = pytest.importorskip("fcntl")
     termios = pytest.importorskip("termios")
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # rows, columns
-    process = subprocess.Popen(command, cwd=cwd, env=environment(), stdout=subprocess.PIPE, stderr=terminal)
+    process = subprocess.Popen(command, cwd=cwd, env=environment(), stdout=subprocess.DEVNULL, stderr=terminal)
     os.close(terminal)
     output = b""
     while True:

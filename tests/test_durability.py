@@ -391,7 +391,7 @@ def test_a_shared_spool_never_sends_one_apps_messages_with_another_apps_key(tmp_
             assert app_a.stdout is not None and app_a.stdout.readline().strip() == "spooled"
         finally:
             app_a.kill()  # SIGKILL: its 10 messages stay in the spool
-            app_a.wait()
+            app_a.communicate()  # waits, and closes its pipe
         with Client("key-b", host=host_b.url, spool=str(spool)) as app_b:
             app_b.track("u", "b's own")
             assert app_b.flush(timeout=10)

@@ -3,14 +3,17 @@ down, calls made after it. Each runs in a fresh interpreter against a server on 
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
-from typing import Iterator, List
+import warnings
+from typing import Any, Dict, Iterator, List
 
 import pytest
 
@@ -18,6 +21,7 @@ from analytics_vitally import Client
 from analytics_vitally.testing import Receiver, Reply
 
 from .conftest import TOKEN, MakeClient, run_script
+from .hostile import HostileServer, ok
 
 
 @pytest.fixture
@@ -243,6 +247,39 @@ def test_sigterm_with_its_default_action_drains_first(
         assert process.wait(timeout=20) == status
     finally:
         process.kill()
+        process.communicate()  # closes its pipes
     assert receiver.wait_for(arrives, timeout=10)  # the process is gone: nothing more can come
     ids = receiver.message_ids()
     assert (len(ids), len(set(ids))) == (arrives, arrives)
+
+
+@pytest.mark.parametrize("lane", ["direct", "proxied"])
+def test_sync_mode_connections_are_closed_by_shutdown_and_never_left_to_the_collector(lane: str) -> None:
+    """sync_mode keeps a connection per calling thread: shutdown() closes the caller's, and one whose
+    thread ended or whose client nobody references any more is closed, not left to warn
+    ``ResourceWarning: unclosed socket`` (an error in test suites run with ``-W error``)."""
+    with HostileServer(ok) as server, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        port = server.port
+        # Proxied: the server is the proxy too (it answers whatever is asked of it, absolute URIs included).
+        settings: Dict[str, Any] = {"proxies": {"http": server.url}} if lane == "proxied" else {}
+        client = Client(TOKEN, host=server.url, sync_mode=True, **settings)
+        assert client.track("u", "kept-alive")[0] and client.track("u", "same connection")[0]
+        assert server.connections == 1
+        assert server.requests[0].head.startswith(b"POST http://" if lane == "proxied" else b"POST /")
+        assert client.shutdown(timeout=5)
+        assert server.wait_for_closed(1, timeout=5)  # while the client is still referenced
+
+        dropped = Client(TOKEN, host=server.url, sync_mode=True, **settings)
+        callers = [threading.Thread(target=dropped.track, args=("u", f"from thread {n}")) for n in range(3)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join()
+        assert dropped.track("u", "from the test's thread")[0]
+        del dropped
+        gc.collect()
+        assert server.wait_for_closed(5, timeout=5)
+        assert len(server.messages) == 6
+    unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert [text for text in unclosed if f", {port})" in text] == []

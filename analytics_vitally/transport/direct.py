@@ -121,6 +121,14 @@ class DirectLane:
             if each is not None:
                 each.close()
 
+    def __del__(self) -> None:
+        # Nobody holds the lane any more (its thread ended, its client was dropped): close its
+        # sockets now rather than leave them to warn "unclosed socket" when collected.
+        try:  # noqa: SIM105 - no global looked up in a finalizer that may run at interpreter exit
+            self.close()
+        except Exception:  # pragma: no cover - a finalizer must not raise (interpreter exit)
+            pass
+
 
 class _Answer(http.client.HTTPResponse):
     """http.client's answer, skipping every interim (1xx) answer before the final one.

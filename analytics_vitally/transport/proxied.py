@@ -73,6 +73,14 @@ class ProxiedLane:
     def close(self) -> None:
         self._adapter.close()
 
+    def __del__(self) -> None:
+        # As DirectLane's: the pooled connections are closed, not left to the collector (urllib3 2 does
+        # that for its pools itself; 1.x leaves them to warn "unclosed socket").
+        try:  # noqa: SIM105 - no global looked up in a finalizer that may run at interpreter exit
+            self.close()
+        except Exception:  # pragma: no cover - a finalizer must not raise (interpreter exit)
+            pass
+
 
 _this_thread = lifecycle.PerProcess(lambda: threading.local())  # looked up when made: gevent's once patched
 """``.deadline``: the deadline of the request ``ProxiedLane.post`` is sending on this thread, if any.
