@@ -18,13 +18,13 @@ from urllib3.util import wait_for_read
 
 from .. import lifecycle
 from .deadline import Deadline
-from .lane import ANSWER_LIMIT
+from .lane import ANSWER_LIMIT, ClosedWhenDropped
 
 Address = Tuple[Any, ...]
 """One of ``socket.getaddrinfo``'s answers: family, type, protocol, canonical name, socket address."""
 
 
-class DirectLane:
+class DirectLane(ClosedWhenDropped):
     """One kept-alive connection to Vitally, spoken over its socket directly.
 
     Every batch is the same POST but for its body, so its head is written once; the answer is
@@ -120,14 +120,6 @@ class DirectLane:
         for each in (sock, handle):
             if each is not None:
                 each.close()
-
-    def __del__(self) -> None:
-        # Nobody holds the lane any more (its thread ended, its client was dropped): close its
-        # sockets now rather than leave them to warn "unclosed socket" when collected.
-        try:  # noqa: SIM105 - no global looked up in a finalizer that may run at interpreter exit
-            self.close()
-        except Exception:  # pragma: no cover - a finalizer must not raise (interpreter exit)
-            pass
 
 
 class _Answer(http.client.HTTPResponse):

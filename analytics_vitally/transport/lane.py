@@ -37,6 +37,21 @@ class Lane(Protocol):
     def close(self) -> None: ...
 
 
+class ClosedWhenDropped:
+    """A lane base: a lane nobody holds any more (its thread ended, its client was dropped) is
+    closed then, its sockets not left to the collector to warn "unclosed socket" (urllib3 2 closes
+    its pools' connections itself when collected; 1.x and the direct lane's sockets do not)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __del__(self) -> None:
+        try:  # noqa: SIM105 - no global looked up in a finalizer that may run at interpreter exit
+            self.close()
+        except Exception:  # pragma: no cover - a finalizer must not raise (interpreter exit)
+            pass
+
+
 class Response(Protocol):
     status: int
 
@@ -46,4 +61,4 @@ class Response(Protocol):
     def close(self) -> None: ...
 
 
-__all__ = ["ANSWER_LIMIT", "Lane", "Response"]
+__all__ = ["ANSWER_LIMIT", "ClosedWhenDropped", "Lane", "Response"]

@@ -24,10 +24,10 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from .. import lifecycle
 from .deadline import Deadline
-from .lane import ANSWER_LIMIT
+from .lane import ANSWER_LIMIT, ClosedWhenDropped
 
 
-class ProxiedLane:
+class ProxiedLane(ClosedWhenDropped):
     """Through a proxy: requests' adapter, which knows a proxy's ways (CONNECT, its headers)."""
 
     def __init__(self, url: str, headers: Dict[str, str], environment: Dict[str, Any]) -> None:
@@ -72,14 +72,6 @@ class ProxiedLane:
 
     def close(self) -> None:
         self._adapter.close()
-
-    def __del__(self) -> None:
-        # As DirectLane's: the pooled connections are closed, not left to the collector (urllib3 2 does
-        # that for its pools itself; 1.x leaves them to warn "unclosed socket").
-        try:  # noqa: SIM105 - no global looked up in a finalizer that may run at interpreter exit
-            self.close()
-        except Exception:  # pragma: no cover - a finalizer must not raise (interpreter exit)
-            pass
 
 
 _this_thread = lifecycle.PerProcess(lambda: threading.local())  # looked up when made: gevent's once patched
