@@ -239,6 +239,12 @@ def _check_host(host: str) -> None:
         raise ConfigurationError("host", f"has a port outside 1 to 65535: {shown}")
     if parts.query is not None or parts.fragment is not None:
         raise ConfigurationError("host", f"must not have a query or fragment: {shown}")
+    if _is_segment(parts.host):
+        raise ConfigurationError(
+            "host",
+            f"is Segment's API ({shown}), and a Vitally write key must never be sent there: leave host unset and "
+            "set subdomain (acme for acme.vitally.io) or VITALLY_SUBDOMAIN",
+        )
     if parts.scheme == "http" and not _is_loopback(parts.host):
         raise ConfigurationError(
             "host", f"must use https:// (plain http is only allowed for localhost and 127.0.0.1), not {shown}"
@@ -254,6 +260,15 @@ def _redacted(host: str) -> str:
     if "@" in authority:
         authority = "***@" + authority.rpartition("@")[2]
     return repr(f"{scheme}{separator}{authority}{slash}{path}")
+
+
+_SEGMENT_HOSTS = ("segment.io", "segment.com", "segmentapis.com")
+"""Segment's API domains (api.segment.io, events.eu1.segmentapis.com...): a host there is refused."""
+
+
+def _is_segment(hostname: str) -> bool:
+    name = hostname.lower().rstrip(".")
+    return any(name == domain or name.endswith("." + domain) for domain in _SEGMENT_HOSTS)
 
 
 def _is_loopback(hostname: str) -> bool:
