@@ -13,6 +13,9 @@ from typing import Any, Callable, Dict
 WRITE_KEY = "bench-key"
 EVENT = "Benchmark Event"
 CLIENTS = ("ours", "segment", "rudder", "posthog")
+FACES = ("ours-module", "ours-segment-face")
+"""Ours through its two module APIs (``analytics_vitally.track`` and ``analytics_vitally.segment.track``), for
+bench/dropin.py: the same call, the same client underneath."""
 LABELS = {
     "ours": "analytics_vitally",
     "segment": "segment-analytics-python",
@@ -92,9 +95,42 @@ def _posthog(url: str, settings: Dict[str, Any]) -> Bench:
     return Bench(call, lambda: client.flush(timeout_seconds=300), lambda: -1, VERSION)
 
 
+def _ours_module(url: str, settings: Dict[str, Any]) -> Bench:
+    import analytics_vitally as analytics
+
+    analytics.configure(write_key=WRITE_KEY, host=url, **settings)
+    track = analytics.track
+
+    def call(i: int) -> Any:
+        return track(f"user-{i % 1000}", EVENT, {"plan": "pro", "index": i, "amount": 12.5})
+
+    return Bench(call, lambda: analytics.flush(300), lambda: analytics.stats().dropped, analytics.__version__)
+
+
+def _ours_segment_face(url: str, settings: Dict[str, Any]) -> Bench:
+    import analytics_vitally.segment as analytics
+
+    analytics.write_key = WRITE_KEY
+    analytics.host = url
+    for name, value in settings.items():
+        setattr(analytics, name, value)
+    track = analytics.track
+
+    def call(i: int) -> Any:
+        return track(f"user-{i % 1000}", EVENT, {"plan": "pro", "index": i, "amount": 12.5})
+
+    def dropped() -> int:
+        made = analytics.default_client
+        return -1 if made is None else made.client.stats().dropped
+
+    return Bench(call, lambda: analytics.flush(300), dropped, analytics.__version__)
+
+
 _BUILDERS: Dict[str, Callable[[str, Dict[str, Any]], Bench]] = {
     "ours": _ours,
     "segment": _segment,
     "rudder": _rudder,
     "posthog": _posthog,
+    "ours-module": _ours_module,
+    "ours-segment-face": _ours_segment_face,
 }

@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Any, Dict, Tuple
 
-from clients import CLIENTS, build
+from clients import CLIENTS, FACES, build
 from rig import LOOPBACK, ReceiverControl, allow_loopback_only, cpu_jiffies, library_fingerprint, memory_kib
 
 SETTLE_QUIET = 1.0
@@ -152,7 +152,7 @@ def spool_size(directory: str) -> Tuple[int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--client", choices=CLIENTS, required=True)
+    parser.add_argument("--client", choices=CLIENTS + FACES, required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds the receiver waits before each answer")

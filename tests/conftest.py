@@ -58,6 +58,30 @@ def module_api(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     analytics_vitally.default.client = None  # before the settings are put back
 
 
+@pytest.fixture
+def segment_api(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """``analytics_vitally.segment`` (Segment's module API) pointed at the receiver, reset afterwards."""
+    from analytics_vitally import segment
+    from analytics_vitally.segment.arguments import SEGMENT_ONLY
+
+    def forget() -> None:
+        made = segment.default_client
+        segment.default_client = None
+        if made is not None and not made.shutdown(timeout=5):
+            made.client._transport.abort()
+
+    forget()
+    defaults = Settings()
+    for name in SETTING_NAMES:
+        monkeypatch.setattr(segment, name, getattr(defaults, name))
+    for name, value in SEGMENT_ONLY.items():
+        monkeypatch.setattr(segment, name, value)
+    monkeypatch.setattr(segment, "write_key", TOKEN)
+    monkeypatch.setattr(segment, "host", receiver.url)
+    yield segment
+    forget()  # before the settings are put back
+
+
 def run_script(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter with ``env`` added to the environment."""
     return subprocess.run(

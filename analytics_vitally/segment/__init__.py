@@ -147,12 +147,21 @@ shutdown = _proxy(Client.shutdown)
 _NAMES = frozenset((*SETTING_NAMES, *SEGMENT_ONLY))
 
 
+def _changed(before: Any, after: Any) -> bool:
+    if before is after:
+        return False
+    try:
+        return type(before) is not type(after) or bool(before != after)
+    except Exception:  # a value whose == raises: take it as changed
+        return True
+
+
 class _Module(types.ModuleType):
     """This module, whose settings are checked when set: a typo raises, a change after the client was made warns."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _NAMES:
-            if default_client is not None and _made_with.get(name, value) is not value:
+            if default_client is not None and _changed(_made_with.get(name, value), value):
                 _made_with.pop(name)  # said once per setting and client
                 warnings.warn(
                     f"analytics_vitally.segment.{name} was changed after the default client was made, which keeps "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Tuple
+from typing import Any, Tuple
 
 from ..lifecycle import PerProcess
 from .arguments import Message, log
@@ -19,14 +19,13 @@ MAX_HELD_BYTES = 16_000_000
 class Accounts:
     """The account each user was last seen in, and the identify() traits waiting for one (bounded)."""
 
-    def __init__(self, warn: Callable[[str, str], None]) -> None:
+    def __init__(self) -> None:
         self._lock = PerProcess(threading.Lock)
         self._of: OrderedDict[str, Any] = OrderedDict()
         self._held: OrderedDict[str, Tuple[Message, int]] = OrderedDict()
         self._held_bytes = 0
         self.let_go = 0
         """Users whose held traits were let go to keep within the bounds."""
-        self._warn = warn
 
     def account_of(self, user_id: str) -> Any:
         with self._lock.get():
@@ -48,7 +47,8 @@ class Accounts:
             if found is not None:
                 self._held_bytes -= found[1]
 
-    def hold(self, user_id: str, traits: Message, size: int) -> None:
+    def hold(self, user_id: str, traits: Message, size: int) -> int:
+        """Hold ``traits`` (``size`` bytes as JSON) for ``user_id``; returns how many users' were let go for room."""
         with self._lock.get():
             earlier = self._held.pop(user_id, None)
             if earlier is not None:
@@ -62,11 +62,7 @@ class Accounts:
                 self._held_bytes -= freed
                 let_go += 1
             self.let_go += let_go
-        if let_go:
-            self._warn(
-                "let go", f"identify() traits of {let_go} user(s) with no account were let go, the oldest first: at "
-                f"most {MAX_USERS:,} users and {MAX_HELD_BYTES:,} bytes are held (said once per client)"
-            )  # fmt: skip
+        return let_go
 
     def count(self) -> int:
         with self._lock.get():
@@ -76,10 +72,9 @@ class Accounts:
 def report_held(accounts: Accounts) -> None:
     """At the end of a client (dropped, or the process exits): say what was never sent."""
     count = accounts.count()
-    if count or accounts.let_go:
+    if count:
         log.warning(
-            "identify() traits of %d user(s) were never sent: no group() call named their account (and %d were let "
-            "go earlier); pass context={'groupId': ...} to identify() to send them at once",
+            "identify() traits of %d user(s) were never sent: no group() call named their account; pass "
+            "context={'groupId': ...} to identify() to send them at once",
             count,
-            accounts.let_go,
         )

@@ -63,6 +63,9 @@ def vitally_settings(settings: Dict[str, Any], segment: Dict[str, Any]) -> Dict[
             raise ConfigurationError(name, f"must be a non-negative number of seconds or None, not {value!r}")
     if segment.get("max_total_backoff_duration") is not None and "max_retry_time" not in settings:
         settings["max_retry_time"] = segment["max_total_backoff_duration"]
+    for name in ("host", "on_error", "log_handler", "proxies"):
+        if name in settings and not settings[name]:  # Segment reads these with ``if value:``: False is None
+            settings[name] = None
     size = settings.get("upload_size")
     if isinstance(size, int) and not isinstance(size, bool) and size > MAX_BATCH_MESSAGES:
         log.warning(

@@ -7,10 +7,11 @@ from datetime import datetime
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from .. import client as vitally
-from ..encoding import encode
+from ..encoding import encode, now_timestamp
 from ..errors import InvalidMessageError, InvalidTypeError
 from ..messages import check, parameter
 from ..settings import SETTING_NAMES, check_names
+from . import accounts
 from .accounts import Accounts, report_held
 from .arguments import (
     POSITIONAL,
@@ -58,7 +59,7 @@ class Client:
         """The ``analytics_vitally.Client`` every call goes through."""
         self._segment = {**SEGMENT_ONLY, **segment}
         self._told: set[str] = set()
-        self._accounts = Accounts(self._warn_once)
+        self._accounts = Accounts()
         weakref.finalize(self, report_held, self._accounts)
         self._track = self.client.track
         self._identify = self.client.identify
@@ -103,14 +104,14 @@ class Client:
             )
         return queued, {
             "type": "track",
-            "userId": message.get("userId", user_id),
-            "anonymousId": anonymous_id,
+            "userId": message.get("userId") or shown_id(user_id),
+            "anonymousId": shown_id(anonymous_id),
             "event": event,
             "properties": message.get("properties", properties or {}),
             "context": context or {},
             "integrations": integrations or {},
-            "timestamp": message.get("timestamp"),
-            "messageId": message.get("messageId", message_id),
+            "timestamp": message["timestamp"],
+            "messageId": message["messageId"],
         }
 
     def page(
@@ -174,7 +175,7 @@ class Client:
             assert key is not None
             account = self._accounts.account_of(key) if groups is None else groups
             if account is None:
-                sent = self._hold(key, traits, message_id)
+                sent = self._hold(key, traits, message_id, timestamp)
             else:
                 held = self._accounts.held(key)
                 queued, sent = self._send(
@@ -185,13 +186,12 @@ class Client:
                 self._accounts.link(key, sent["accountId"])
         return queued, {
             "type": "identify",
-            "userId": user_id,
-            "anonymousId": anonymous_id,
+            "userId": shown_id(user_id),
+            "anonymousId": shown_id(anonymous_id),
             "traits": sent.get("traits", traits),
             "context": context or {},
             "integrations": integrations or {},
-            "timestamp": sent.get("timestamp"),
-            "messageId": sent.get("messageId", message_id),
+            **stamps(sent, message_id, timestamp),
         }
 
     def group(
@@ -215,7 +215,7 @@ class Client:
         if account_id is None:
             raise InvalidMessageError("group_id", "is required: the ID of the account (Segment's group)")
         base = vitally._new_message_id() if message_id is None else as_text(message_id)
-        queued, sent = True, {"timestamp": None}
+        queued, sent = True, unsent(base, timestamp)
         key = as_id("user_id", user_id) if someone(user_id, anonymous_id) else None
         if self._routed(integrations):
             when = moment(timestamp)
@@ -233,8 +233,8 @@ class Client:
                 queued = queued and linked
         return queued, {
             "type": "group",
-            "userId": user_id,
-            "anonymousId": anonymous_id,
+            "userId": shown_id(user_id),
+            "anonymousId": shown_id(anonymous_id),
             "groupId": group_id,
             "traits": sent.get("traits", traits),
             "context": context or {},
@@ -267,12 +267,11 @@ class Client:
             )  # fmt: skip
         return True, {
             "type": "alias",
-            "previousId": previous_id,
-            "userId": user_id,
+            "previousId": shown_id(previous_id),
+            "userId": shown_id(user_id),
             "context": context or {},
             "integrations": integrations or {},
-            "timestamp": None,
-            "messageId": message_id,
+            **unsent(message_id, timestamp),
         }
 
     # Segment's lifecycle, bounded as Vitally's client is. -------------------------------
@@ -305,7 +304,7 @@ class Client:
         """A track (or a page or screen made one): sent, or ``(True, {})`` when a rule keeps it back."""
         account = as_object("context", context).get("groupId")
         if not self._known(user_id, anonymous_id) or not self._routed(integrations):
-            return True, {}
+            return True, unsent(message_id, timestamp)
         user_id = as_id("user_id", user_id)
         if message_id is not None and message_id.__class__ is not str:
             message_id = as_text(message_id)
@@ -337,15 +336,15 @@ class Client:
         queued, message = self._event(user_id, event, shown, context, timestamp, anonymous_id, integrations, message_id)
         return queued, {
             "type": kind,
-            "userId": message.get("userId", user_id),
-            "anonymousId": anonymous_id,
+            "userId": message.get("userId") or shown_id(user_id),
+            "anonymousId": shown_id(anonymous_id),
             "category": category,
             "name": name,
-            "properties": message.get("properties", given),
+            "properties": given,
             "context": context or {},
             "integrations": integrations or {},
-            "timestamp": message.get("timestamp"),
-            "messageId": message.get("messageId", message_id),
+            "timestamp": message["timestamp"],
+            "messageId": message["messageId"],
         }
 
     def _send(
@@ -366,7 +365,7 @@ class Client:
         head, bracket, rest = refused.field.partition("[")
         raise type(refused)(names.get(head, head) + bracket + rest, refused.problem) from None
 
-    def _hold(self, user_id: str, traits: Message, message_id: Optional[str]) -> Message:
+    def _hold(self, user_id: str, traits: Message, message_id: Optional[str], timestamp: Any) -> Message:
         """Check the traits of an identify() with no account as they would be sent, and hold them."""
         user = {"type": "user", "userId": user_id, "accountId": "held", "traits": traits}
         try:
@@ -377,12 +376,18 @@ class Client:
                 raise
             user["traits"] = traits = cleaned(traits, "traits", self._dropped)
             size = len(encode(user, parameter))
-        self._accounts.hold(user_id, traits, size)
+        let_go = self._accounts.hold(user_id, traits, size)
+        if let_go:
+            self._warn_once(
+                "let go", f"identify() traits of {let_go} user(s) with no account were let go, the oldest first: "
+                f"at most {accounts.MAX_USERS:,} users and {accounts.MAX_HELD_BYTES:,} bytes are held (said once per "
+                "client)"
+            )  # fmt: skip
         self._warn_once(
             "held", f"identify({user_id!r}) names no account, which Vitally needs for a user: its traits are held "
             "until group() links the user to one (pass context={'groupId': ...} to send at once; said once per client)"
         )  # fmt: skip
-        return {"traits": traits, "messageId": message_id}
+        return {"traits": traits, **unsent(message_id, timestamp)}
 
     def _known(self, user_id: Any, anonymous_id: Any) -> bool:
         """Whether the call names a user Vitally can know: False, with a warning once, for an anonymous one."""
@@ -412,6 +417,26 @@ class Client:
         if kind not in self._told:
             self._told.add(kind)
             log.warning(text)
+
+
+def unsent(message_id: Any, timestamp: Any) -> Message:
+    """The messageId and timestamp of a call nothing was sent for (yet), as Segment would have stamped it."""
+    return {
+        "timestamp": now_timestamp() if timestamp is None else vitally._timestamp(moment(timestamp)),
+        "messageId": vitally._new_message_id() if message_id is None else as_text(message_id),
+    }
+
+
+def stamps(sent: Message, message_id: Any, timestamp: Any) -> Message:
+    """The timestamp and messageId of what was sent, or made as ``unsent`` makes them."""
+    if "messageId" in sent:
+        return {"timestamp": sent["timestamp"], "messageId": sent["messageId"]}
+    return unsent(message_id, timestamp)
+
+
+def shown_id(value: Any) -> Optional[str]:
+    """An ID as Segment's returned message shows it: a string, or None."""
+    return value if value is None or value.__class__ is str else as_id("id", value)
 
 
 _IN_CONTEXT = {"account_id": "context['groupId']"}
