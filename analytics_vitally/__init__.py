@@ -86,7 +86,7 @@ def default_client() -> Client:
     client = default.client
     if client is None:
         module = globals()
-        client = default.get(lambda: Client(**{name: module[name] for name in SETTING_NAMES}))
+        client = default.get(lambda: default.make({name: module[name] for name in SETTING_NAMES}))
     return client
 
 
@@ -95,13 +95,15 @@ def configure(**settings: Any) -> Client:
 
     Call it at start-up so a missing or bad setting fails there, not in every request that
     tracks. A default client made earlier is shut down (within ``exit_timeout``) and replaced.
+    Inside ``testing.capture()`` the client it makes keeps its messages in memory, and the end of
+    the block puts back the settings and the default client from before it.
 
         analytics.configure(write_key=os.environ["VITALLY_WRITE_KEY"], subdomain="acme")
     """
     check_names("configure()", settings)
     module = globals()
-    client = Client(**{name: settings.get(name, module[name]) for name in SETTING_NAMES})
-    with default.lock.get():
+    with default.lock.get():  # made under it: a capture() opening or closing now cannot get the other kind
+        client = default.make({name: settings.get(name, module[name]) for name in SETTING_NAMES})
         module.update(settings)
         previous = default.swap(client)
     if previous is not None:

@@ -42,7 +42,10 @@ from .importer import (
 )
 from .settings import Settings
 from .spool import DEAD_LETTER
+from .spool import Left as SpoolLeft
 from .spool import inspect as inspect_spool
+from .spool import rekey as rekey_spool
+from .spool.format import OTHER_DESTINATION, OTHER_ENDPOINT, OTHER_KEY
 from .version import VERSION
 
 DEFAULT_PORT = 8765
@@ -170,10 +173,17 @@ def _parser() -> argparse.ArgumentParser:
         "spool",
         help="show what a spool directory holds, or send what dead processes left in it",
         description="Without --send: print what DIR holds (its first line is 'N messages pending'). With --send: "
-        "deliver what processes that are gone left in DIR, and exit 0 when all of it was delivered.",
+        "deliver what processes that are gone left in DIR for this write key and endpoint, and exit 0 only when "
+        "no message is left in DIR; 1 names what is left and why.",
     )
     command.add_argument("directory", metavar="DIR", help="the spool directory (the client's spool setting)")
     command.add_argument("--send", action="store_true", help="deliver what dead processes left")
+    command.add_argument(
+        "--rekey",
+        action="store_true",
+        help="with --send: also send, with this write key, what was written for this same endpoint under another "
+        "write key (after a key rotation); their files become this key's. Files for another endpoint are never sent",
+    )
     _target_options(command)
     command.add_argument("-v", "--verbose", action="store_true", help="log every request to standard error")
     return parser
@@ -344,6 +354,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _spool(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.directory):
         return _fail(f"{args.directory} is not a directory")
+    if args.rekey and not args.send:
+        return _fail("--rekey goes with --send")
     given = {"write_key": args.write_key, "subdomain": args.subdomain, "host": args.host}
     if not args.send:
         print(inspect_spool(args.directory).text())
@@ -352,28 +364,56 @@ def _spool(args: argparse.Namespace) -> int:
         return 0
     if args.verbose:
         logging.getLogger("analytics_vitally").setLevel(logging.DEBUG)
-    mine = Settings(**given).resolved().fingerprint
-    sent, refused, kept = send_leftovers(args.directory, **given)
+    chosen = Settings(**given).resolved()
+    if args.rekey:
+        messages, files = rekey_spool(args.directory, chosen.fingerprint, chosen.url)
+        print(f"rekeyed {messages} message(s) in {files} file(s) written for this endpoint under another write key")
+    said_here = _NotLeftAlone()  # what it leaves is said below, by reason, with this destination's endpoint
+    logging.getLogger("analytics_vitally").addFilter(said_here)
+    try:
+        sent, refused, kept = send_leftovers(args.directory, **given)
+    finally:
+        logging.getLogger("analytics_vitally").removeFilter(said_here)
     if kept:
         print(f"not delivered: {kept} message(s) stay in {args.directory}", file=sys.stderr)
         return 1
     print(f"sent {sent}, refused {refused} (written to {os.path.join(args.directory, DEAD_LETTER)})")
-    left = inspect_spool(args.directory).files
-    held = sum(file.pending for file in left if file.live)
-    if held:
-        print(f"{held} message(s) belong to processes still running: they send them", file=sys.stderr)
-    others: Dict[str, int] = {}
-    for file in left:
-        if not file.live and file.pending and file.owner not in ("", mine):
-            others[file.owner] = others.get(file.owner, 0) + file.pending
-    if others:  # never sent with this key: they may be another Vitally account's
-        listed = ", ".join(f"{count} for {owner}" for owner, count in sorted(others.items()))
-        print(
-            f"left for other destinations ({listed}; this one is {mine}): run spool --send with their "
-            "write key and host",
-            file=sys.stderr,
+    left = inspect_spool(args.directory).left(chosen.fingerprint, chosen.url)
+    for why in sorted(left, key=_LEFT_ORDER.index):  # one line each: `spool --send DIR && rm -rf DIR` loses none
+        said = _left_text(args.directory, why, left[why], chosen.fingerprint)
+        print(f"left in {args.directory}: {said}", file=sys.stderr)
+    return 1 if refused or left else 0
+
+
+_LEFT_ORDER = ["running", OTHER_KEY, OTHER_ENDPOINT, OTHER_DESTINATION, "damaged", "dead letters"]
+
+
+class _NotLeftAlone(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "spool_left_alone", False)
+
+
+def _left_text(directory: str, why: str, left: SpoolLeft, mine: str) -> str:
+    """Why ``spool --send`` left these messages, and what sends them."""
+    count = f"{left.messages} message(s) in {left.files} file(s)"
+    listed = ", ".join(f"{messages} for {owner}" for owner, messages in sorted(left.owners.items()))
+    if why == "dead letters":
+        path = os.path.join(directory, DEAD_LETTER)
+        return f"{left.messages} dead letter(s) in {path}, refused by Vitally: fix them, then analytics-vitally import"
+    if why == "running":
+        return f"{count} held by processes still running: they send them"
+    if why == "damaged":
+        return f"{count} whose header is damaged: whose they are is unknown, so they are not sent with this key"
+    if why == OTHER_KEY:
+        return (
+            f"{count} written for this endpoint under another write key ({listed}; this one is {mine}): add "
+            "--rekey to send them with this key"
         )
-    return 1 if refused else 0
+    other = "another endpoint" if why == OTHER_ENDPOINT else "another write key or endpoint (not recorded which)"
+    return (
+        f"{count} for {other} ({listed}; this one is {mine}): never sent with this key; run spool --send with "
+        "their write key and host"
+    )
 
 
 __all__ = ["main"]

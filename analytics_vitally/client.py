@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from uuid import UUID
 
-from . import lifecycle
+from . import lifecycle, sigterm
 from .delivery import Reporting, Stats
 from .durable import Durable
 from .encoding import encode, format_timestamp, now_timestamp
@@ -56,7 +56,11 @@ class Client:
         durable: Optional[Durable] = None
         if chosen.spool is not None and chosen.send:
             spool = Spool(
-                chosen.spool, max_bytes=chosen.max_spool_bytes, fsync=chosen.spool_fsync, owner=chosen.fingerprint
+                chosen.spool,
+                max_bytes=chosen.max_spool_bytes,
+                fsync=chosen.spool_fsync,
+                owner=chosen.fingerprint,
+                endpoint=chosen.url,
             )
             durable = Durable(spool, self._transport, chosen)
             self._worker = durable.worker
@@ -77,7 +81,7 @@ class Client:
         # of its connections and spool files (the lifecycle module keeps it until then).
         weakref.finalize(self, self._worker.retire).atexit = False
         if self.settings.drain_on_sigterm and self.settings.send:
-            lifecycle.drain_on_sigterm()
+            sigterm.drain_on_sigterm()
         if durable is not None:
             self._worker.start()  # what earlier processes left is sent now, with no call needed
 

@@ -1,11 +1,12 @@
 """The default client: the one behind the module-level functions (``analytics_vitally.track``...)
 and behind ``flush_after`` given no client. The package makes it from its module settings at the
-first call (``default_client()``) or in ``configure()``; this module only keeps it, once per process."""
+first call (``default_client()``) or in ``configure()``, both through ``make``; this module only
+keeps it, once per process."""
 
 from __future__ import annotations
 
 import threading
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 from .client import Client
 from .lifecycle import PerProcess
@@ -16,9 +17,20 @@ client: Optional[Client] = None
 told_late = False
 """A module setting was changed after this default client was made, and the program was told (once)."""
 
+capturing: Optional[Callable[[Dict[str, Any]], Client]] = None
+"""While ``testing.capture()`` is open: makes the default client from the module settings in place of
+``Client(**settings)``, as one that keeps its messages in memory. The first call and ``configure()``
+both make it through ``make``, so no default client made in the block can send."""
+
 lock = PerProcess(threading.Lock)
 """Held while the default client is made or replaced (made at first use: after a fork, and after
 gevent's ``patch_all()``)."""
+
+
+def make(settings: Dict[str, Any]) -> Client:
+    """A new default client from ``settings`` (``lock`` held by the caller, so a capture cannot open or
+    close between the choice of the kind of client and its becoming the default)."""
+    return Client(**settings) if capturing is None else capturing(settings)
 
 
 def get(make: Callable[[], Client]) -> Client:
@@ -47,4 +59,4 @@ def flush(timeout: Optional[float] = None) -> bool:
     return True if found is None else found.flush(timeout)
 
 
-__all__ = ["client", "flush", "get", "lock", "swap", "told_late"]
+__all__ = ["capturing", "client", "flush", "get", "lock", "make", "swap", "told_late"]

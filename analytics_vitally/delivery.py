@@ -68,7 +68,8 @@ class Stats:
     failed: int = 0
     """Messages that failed for good (each was reported to on_error)."""
     dropped: int = 0
-    """Messages refused because the queue was full."""
+    """Messages refused (the call returned False): the queue was full, or with a spool, the spool refused
+    them (full, closed, a disk error such as a failed fsync)."""
     filtered: int = 0
     """Messages ``before_send`` dropped (it returned None), or that failed in it (it raised, or returned a
     message that breaks Vitally's rules; each logged at ERROR): none was sent."""
@@ -148,11 +149,13 @@ class Delivery(Protocol):
 
 
 class Feed(Protocol):
-    """More entries for a worker's queue from somewhere else than calls (a spool's leftovers and retries).
+    """More entries for a worker's queue from somewhere else than calls (a spool's leftovers and retries),
+    or from calls that found the queue full (the feed kept them: ``Worker.put_aside``, ``taken_back``).
 
     A worker with a feed starts with a backlog: ``flush()`` waits for it too, until a ``read``
     comes back with fewer entries than there was room for. A worker thread calls ``read`` outside
-    the worker's lock when ``due_in()`` is not above zero (at once while there is a backlog).
+    the worker's lock when ``due_in()`` is not above zero (at once while there is a backlog, or
+    while entries calls put aside are not all read back), one thread at a time.
     """
 
     def due_in(self) -> float:
@@ -161,6 +164,10 @@ class Feed(Protocol):
 
     def read(self, room: int) -> List[Any]:
         """At most ``room`` entries (``room`` may be 0: nothing is read, and the next read is put off)."""
+        ...
+
+    def reset_after_fork(self) -> None:
+        """In a forked child (before any other thread runs): what the parent put aside is the parent's."""
         ...
 
 

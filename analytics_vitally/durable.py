@@ -3,10 +3,15 @@
 A client with ``spool=DIR`` queues through ``Durable`` instead of straight into its worker:
 
 - ``put``: the message is on disk (``Spool.append``) before the call returns, then queued
-  with its spool token as the entry's tag.
-- ``read`` (the worker's ``Feed``): what the spool holds that no queue does (retries that are due,
-  messages left by processes that are gone) is read back into the queue; a record that is not a
-  JSON object goes to the dead letters.
+  with its spool token as the entry's tag. The disk is the buffer: when the queue is full, the
+  message stays on disk only (its token is put aside, 8 bytes in memory) and every later call's
+  too, until the worker has read them all back, so they reach the queue in the order they came.
+  A call is refused only when the spool refuses it (``max_spool_bytes``, a disk error).
+- ``read`` (the worker's ``Feed``): what the spool holds that no queue does (messages put aside,
+  retries that are due, messages left by processes that are gone) is read back into the queue; a
+  record that is not a JSON object goes to the dead letters. Each message is in the queue once:
+  one put aside was never queued, and its token goes back to the spool (``retry_later`` with no
+  delay) only as there is room for it.
 - ``deliver`` (the worker's ``Delivery``): the transport posts the messages and says, by position,
   which failed and why; delivered ones leave the spool, refused ones (a 4xx: trying again cannot
   help) go to the dead letters and to ``on_error``, and the rest stay on disk for a later try.
@@ -19,8 +24,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-from typing import Any, List, Optional, Tuple
+from array import array
+from typing import Any, List, Optional, Set, Tuple
 
 from .delivery import Outcome, Sender, report
 from .messages import MAX_BATCH_MESSAGES
@@ -49,22 +56,41 @@ class Durable:
         self.get_ready = sender.get_ready
         self.release = sender.release
         self.abort = sender.abort
+        self._forget_put_aside()
         self.worker = Worker(self, settings, feed=self)
+
+    def _forget_put_aside(self) -> None:
+        self._lock = threading.Lock()  # guards the fields below but _lent (the reading thread's)
+        self._spilling = False
+        """Calls' messages stay on disk only (the queue was full) until all of these are read back."""
+        self._disk_only = array("Q")  # their tokens, oldest first from _first
+        self._first = 0
+        self._lent: Set[Token] = set()
+        """Tokens handed back to the spool (``retry_later``) for the next ``recover``, not read back yet."""
 
     # The caller's side. --------------------------------------------------------------
 
     def put(self, message: str) -> bool:
-        """Write one encoded message to the spool, then queue it; False (and counted) if either refuses."""
-        worker = self.worker
-        if not worker.has_room():  # said before a byte is written: the queue is full or closed
-            return worker.refuse()
+        """Write one encoded message to the spool, then queue it, or put it aside if the queue is full
+        (it stays on disk only, and is read back in order); False (and counted) if the spool refuses it."""
         token = self.spool.append(message.encode())
         if token is None:  # the spool refused it (full, closed, disk error): it logged why
-            return worker.refuse(logged=True)
-        if worker.put((message, token)):
+            return self.worker.refuse(logged=True)
+        if not self._spilling and self.worker.put((message, token), False):
             return True
-        self.spool.acknowledge([token])  # the queue filled (or closed) meanwhile: refused, so not kept either
-        return False
+        return self._put_aside(message, token)
+
+    def _put_aside(self, message: str, token: Token) -> bool:
+        worker = self.worker
+        with self._lock:
+            if not self._spilling and worker.put((message, token), False):  # all read back meanwhile
+                return True
+            first = not self._spilling
+            self._spilling = True
+            self._disk_only.append(token)
+            worker.put_aside(first)  # counted in this order, under this lock
+        worker.backed_up()
+        return True
 
     # The worker's side. --------------------------------------------------------------
 
@@ -77,13 +103,53 @@ class Durable:
         if room <= 0:
             return []
         try:
-            found = readable(self.spool, self.spool.recover(room))
+            self._lend(room)
+            records = self.spool.recover(room)
+            self._count_returned(records, exhausted=len(records) < room)
+            found = readable(self.spool, records)
         except Exception:  # a bug must not kill the thread; what is on disk stays there
             log.exception("reading the spool %s raised", self.spool.directory)
             return []
         if found:
             self._next_read = now  # there may be more: look again after this batch
         return found
+
+    def reset_after_fork(self) -> None:
+        self._forget_put_aside()  # their records are in the parent's files, the parent's to send
+
+    def _lend(self, room: int) -> None:
+        """Hand the spool up to ``room`` of the oldest tokens put aside, for the ``recover`` that follows."""
+        with self._lock:
+            tokens, first = self._disk_only, self._first
+            if first == len(tokens) and not self._lent:
+                self._spilling = False  # all read back (and queued by now): calls may queue again
+                return
+            end = max(first, min(len(tokens), first + room - len(self._lent)))  # lent ones come back first
+            lent = tokens[first:end].tolist()
+            if end == len(tokens) or (end > 65536 and 2 * end > len(tokens)):
+                del tokens[:end]  # memory: only what is not read back yet
+                end = 0
+            self._first = end
+        if lent:
+            self._lent.update(lent)
+            self.spool.retry_later(lent, delay=0)
+
+    def _count_returned(self, records: List[Tuple[Token, bytes]], exhausted: bool) -> None:
+        """Count the lent tokens ``recover`` gave back. ``exhausted`` (it found fewer than asked): it took
+        every due token, so a lent one it skipped is gone (its record acknowledged, or the spool closed)."""
+        lent = self._lent
+        if not lent:
+            return
+        if exhausted:
+            back = len(lent)
+            lent.clear()
+        else:
+            back = 0
+            for token, _ in records:
+                if token in lent:
+                    lent.discard(token)
+                    back += 1
+        self.worker.taken_back(back)
 
     def deliver(self, batch: List[Any]) -> Outcome:
         messages = [message for message, _ in batch]
@@ -180,7 +246,7 @@ def send_leftovers(directory: str, **settings: Any) -> Tuple[int, int, int]:
     """
     chosen = Settings(**{**settings, "spool": directory}).resolved()
     transport = Transport(chosen)
-    spool = Spool(directory, scan_interval=0, owner=chosen.fingerprint)
+    spool = Spool(directory, scan_interval=0, owner=chosen.fingerprint, endpoint=chosen.url)
     sent = refused = 0
     try:
         while True:

@@ -20,8 +20,10 @@
   A child of ``multiprocessing`` (fork, spawn or forkserver; ``Process`` or ``Pool``) leaves
   through ``os._exit`` after multiprocessing's finalizers, so the same drain is registered there
   as a finalizer. A SIGTERM with its default action would skip both: ``drain_on_sigterm`` sets
-  a handler that drains first (or chains a server's handler so that the SIGTERM it raises again
-  waits for the drain). ``os._exit`` called by the program and SIGKILL skip everything.
+  a handler that drains first and then ends the process by SIGTERM, and a watcher thread that
+  does so when the main thread cannot run Python (a long C call); a server's handler found in
+  place runs at once as ever, while what is queued leaves during its graceful stop. SIGTERM is
+  never blocked. ``os._exit`` called by the program and SIGKILL skip everything.
 """
 
 from __future__ import annotations
@@ -31,12 +33,10 @@ import atexit
 import logging
 import os
 import random
-import signal
 import sys
 import threading
 import time
 import weakref
-from types import FrameType
 from typing import Any, Callable, Dict, Generic, List, Optional, Protocol, Set, Tuple, TypeVar
 
 log = logging.getLogger("analytics_vitally")
@@ -47,12 +47,10 @@ T = TypeVar("T")
 class _Process:
     """Who this process is: its pid as last seen by the fork handling."""
 
-    __slots__ = ("deferred_sigterm", "exiting", "pid")
+    __slots__ = ("exiting", "pid")
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.deferred_sigterm = False
-        """A chained server handler blocked SIGTERM on the main thread: the exit drain unblocks it."""
         self.exiting = False
         """The exit drain has begun: no new OS thread may be started any more (Python 3.12 on)."""
 
@@ -143,6 +141,8 @@ class Worker(Resettable, Protocol):
 
     def close(self, timeout: float) -> int: ...
 
+    def send_now(self) -> None: ...
+
     def stats(self) -> Any: ...
 
 
@@ -196,6 +196,13 @@ def let_go(worker: Worker) -> None:
 
 # Fork. ----------------------------------------------------------------------------------
 
+_fork_hooks: List[Callable[[], None]] = []
+
+
+def on_fork(reset: Callable[[], None]) -> None:
+    """Run ``reset`` in every forked child, in ``after_fork`` (for a module above this one)."""
+    _fork_hooks.append(reset)
+
 
 def check_fork() -> None:
     """For a fork that skipped the at-fork hooks: run ``after_fork`` once, at the first call in the child."""
@@ -210,7 +217,8 @@ def after_fork() -> None:
     """In a forked child: forget everything that belongs to the parent, in the order the module docstring gives."""
     PROCESS.pid = os.getpid()
     PROCESS.exiting = False
-    _end_deferred_sigterm()  # a child forked during a graceful stop starts with SIGTERM unblocked
+    for reset in list(_fork_hooks):  # what lives above this module (the SIGTERM watcher)
+        reset()
     message_ids.seed()
     _held.clear()  # the parent's threads do not exist here
     for worker in list(_workers):
@@ -232,23 +240,20 @@ def drain_at_exit() -> None:
     normally; a second run finds nothing left.
     """
     PROCESS.exiting = True
-    try:
-        workers = list(_workers)
-        if not workers:
-            return
-        deadline = time.monotonic() + max(worker.exit_timeout for worker in workers)
-        for worker in workers:
-            lost = worker.close(max(0.0, deadline - time.monotonic()))
-            _held.discard(worker)
-            if lost:
-                log.error(
-                    "%d message(s) not delivered at exit and not reported to on_error within exit_timeout=%ss: "
-                    "they are lost",
-                    lost,
-                    worker.exit_timeout,
-                )
-    finally:
-        _end_deferred_sigterm()
+    workers = list(_workers)
+    if not workers:
+        return
+    deadline = time.monotonic() + max(worker.exit_timeout for worker in workers)
+    for worker in workers:
+        lost = worker.close(max(0.0, deadline - time.monotonic()))
+        _held.discard(worker)
+        if lost:
+            log.error(
+                "%d message(s) not delivered at exit and not reported to on_error within exit_timeout=%ss: "
+                "they are lost",
+                lost,
+                worker.exit_timeout,
+            )
 
 
 _EXIT_PRIORITY = 20
@@ -290,66 +295,6 @@ def arrange_child_drain(at_bootstrap: bool = False) -> None:
         )
 
 
-def drain_on_sigterm() -> None:
-    """On the main thread, if SIGTERM still has its default action: drain before SIGTERM ends the process.
-
-    A SIGTERM with the default action ends the process at once, without ``atexit``: uvicorn
-    raises the SIGTERM it caught again after its graceful stop, as do ``docker stop`` and
-    systemd on a plain script. The handler runs the exit drain (on a thread of its own, so
-    that a lock held by the interrupted code cannot stop it; at most the largest
-    ``exit_timeout`` and a second), then puts the default action back and raises SIGTERM
-    again: the process still ends by SIGTERM.
-
-    A Python handler found in place (a server's, set before it imported the app, as uvicorn's
-    workers do) is kept and chained: on SIGTERM it runs as before, after SIGTERM is blocked on
-    the main thread. A server that then puts the default action back and raises SIGTERM again
-    to end itself (uvicorn) leaves it pending until the exit drain has run (``atexit``, or the
-    multiprocessing finalizer), which unblocks it: the process still ends by SIGTERM.
-    """
-    if not hasattr(signal, "SIGTERM") or threading.current_thread() is not threading.main_thread():
-        return
-    try:
-        found = signal.getsignal(signal.SIGTERM)
-        if found is signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, _drain_then_end)
-        elif callable(found) and hasattr(signal, "pthread_sigmask") and not isinstance(found, _Chained):
-            signal.signal(signal.SIGTERM, _Chained(found))
-    except (ValueError, OSError):  # not the main interpreter, or signals unavailable here
-        pass
-
-
-class _Chained:
-    """A server's SIGTERM handler, run after SIGTERM is blocked on the main thread until the exit drain."""
-
-    def __init__(self, handler: Callable[[int, Optional[FrameType]], Any]) -> None:
-        self._handler = handler
-
-    def __call__(self, signum: int, frame: Optional[FrameType]) -> Any:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signum})
-        PROCESS.deferred_sigterm = True
-        return self._handler(signum, frame)
-
-
-def _end_deferred_sigterm() -> None:
-    """After the exit drain, on the main thread: a SIGTERM raised again meanwhile is delivered now."""
-    if PROCESS.deferred_sigterm and threading.current_thread() is threading.main_thread():
-        PROCESS.deferred_sigterm = False
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-
-
-def _drain_then_end(signum: int, frame: object) -> None:
-    signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
-    timeout = max((worker.exit_timeout for worker in list(_workers)), default=0.0) + 1.0
-    drain = threading.Thread(target=drain_at_exit, name="analytics_vitally-sigterm", daemon=True)
-    try:
-        drain.start()
-        drain.join(timeout)
-        if drain.is_alive():
-            log.warning("SIGTERM: the exit drain did not end within %.1fs; the process ends without it", timeout)
-    finally:
-        signal.raise_signal(signum)
-
-
 class _Marker:
     """An object for multiprocessing's after-fork registry, which holds what it is given weakly."""
 
@@ -373,11 +318,11 @@ __all__ = [
     "arrange_child_drain",
     "check_fork",
     "drain_at_exit",
-    "drain_on_sigterm",
     "exiting",
     "green",
     "hold",
     "let_go",
+    "on_fork",
     "message_ids",
     "patched_since",
     "threading_kind",

@@ -18,7 +18,8 @@ With pytest, the ``vitally_receiver`` fixture gives a started ``Receiver``.
 
 ``capture()`` needs no server: under it, the module-level API (or the client given)
 checks, completes and encodes each message as in production, then keeps it in memory;
-no thread starts and no socket opens. The ``vitally_capture`` fixture gives one.
+no thread starts and no socket opens, ``configure()`` included, and the module settings
+and default client are put back after it. The ``vitally_capture`` fixture gives one.
 
     with capture() as sent:
         analytics.track("32", "scored-goal", {"minute": 14})
@@ -318,29 +319,96 @@ def capture(client: Union[Client, AsyncClient, None] = None) -> Iterator[Capture
         with capture(client) as sent: ...            # a Client or an AsyncClient
 
     The same errors as in production (a bad call raises ``InvalidMessageError``) and ``before_send``
-    applies. No thread starts and no socket opens: without a client, the module-level API uses a
-    client made from the module settings with ``send=False`` (no write key needed) for the block.
+    applies. No thread starts and no socket opens. Without a client, every default client made in the
+    block (at the first call, from the module settings as they are then, or by ``configure()``) is
+    made with ``send=False`` (no write key needed) and keeps its messages here; at the end, the module
+    settings and the default client are put back as they were before it.
+
+    Captures of one target nest in one thread (the inner one gets the messages until it ends). The
+    module-level API is the process's: a capture of it, or of one client, while another thread holds
+    one raises RuntimeError rather than mixing the two threads' messages.
     """
     captured = Captured()
     if client is None:
-        settings = {name: getattr(analytics_vitally, name) for name in SETTING_NAMES}
+        with _held(analytics_vitally, "the module-level API", lambda: _capture_module(captured)):
+            yield captured
+    else:
+        target = client if isinstance(client, Client) else client.client  # an AsyncClient: the Client underneath
+        with _held(target, repr(target), lambda: _capture_client(target, captured)):
+            yield captured
+
+
+def _capture_module(captured: Captured) -> Callable[[], None]:
+    """Make every default client from now on a capturing one; returns what puts the module back."""
+    module = vars(analytics_vitally)
+
+    def make(settings: Dict[str, Any]) -> Client:
         made = Client(**{**settings, "send": False, "sync_mode": False, "spool": ""})
         made._dispatch = captured._keep
+        return made
+
+    with default.lock.get():
+        settings = {name: module[name] for name in SETTING_NAMES}
+        before = default.client, default.told_late, default.capturing
+        # None: made at the first call, so settings assigned in the block apply to it as they would in production
+        default.client, default.told_late, default.capturing = None, False, make
+
+    def put_back() -> None:
         with default.lock.get():
-            previous = default.swap(made)
-        try:
-            yield captured
-        finally:
-            with default.lock.get():
-                if previous is None:
-                    default.client = None
-                else:
-                    default.swap(previous)
-        return
-    target = client if isinstance(client, Client) else client.client  # an AsyncClient: the Client underneath
+            module.update(settings)  # as assigned, past the module's late-setting warning
+            default.client, default.told_late, default.capturing = before
+
+    return put_back
+
+
+def _capture_client(target: Client, captured: Captured) -> Callable[[], None]:
     dispatch = target._dispatch
     target._dispatch = captured._keep
-    try:
-        yield captured
-    finally:
+
+    def put_back() -> None:
         target._dispatch = dispatch
+
+    return put_back
+
+
+class _Hold:
+    """One open ``capture()`` of a target: the thread that opened it, and what puts back what it replaced."""
+
+    __slots__ = ("put_back", "thread")
+
+    def __init__(self, put_back: Callable[[], None]) -> None:
+        self.thread = threading.get_ident()
+        self.put_back = put_back
+
+
+_holds: Dict[object, List[_Hold]] = {}
+"""The captures open now, per target (the package, or a Client), in the order they were opened."""
+_holds_lock = threading.Lock()
+
+
+@contextmanager
+def _held(target: object, name: str, take: Callable[[], Callable[[], None]]) -> Iterator[None]:
+    """``take()`` captures ``target`` for the block and returns what undoes it; the last capture of a
+    target to end puts back what was there before the first, whatever order they end in."""
+    with _holds_lock:
+        opened = _holds.get(target)
+        if opened and opened[0].thread != threading.get_ident():
+            raise RuntimeError(
+                f"capture() of {name} is already open in another thread, and its messages would mix with this "
+                "one's: capture in one thread at a time, or give each thread its own Client and capture(client)"
+            )
+        hold = _Hold(take())
+        _holds.setdefault(target, []).append(hold)
+    try:
+        yield
+    finally:
+        with _holds_lock:
+            holds = _holds[target]
+            index = holds.index(hold)
+            if index == len(holds) - 1:
+                hold.put_back()
+            else:  # ended before a capture opened inside it (two tasks' blocks overlapping): that one puts back
+                holds[index + 1].put_back = hold.put_back
+            del holds[index]
+            if not holds:
+                del _holds[target]

@@ -40,8 +40,8 @@ class Worker:
     """A bounded queue of entries and the threads that hand it, in batches, to a ``Delivery``.
 
     ``delivery.deliver(batch) -> Outcome`` runs on a worker thread, or on the caller's in
-    sync_mode. A ``Feed``, when given, adds entries from elsewhere (what earlier processes left on disk):
-    ``flush()`` waits for its backlog too.
+    sync_mode. A ``Feed``, when given, adds entries from elsewhere (what earlier processes left on disk,
+    and calls' entries it kept because the queue was full: ``put_aside``): ``flush()`` waits for those too.
 
     How the threads agree (CPython, with the GIL):
 
@@ -51,6 +51,11 @@ class Worker:
       the position up to which a ``flush()`` asked for batches without waiting for the
       interval. A flush with target T is done when ``_taken >= T`` and no batch in flight
       starts before T (``_done``). Positions only grow, so no flush can be satisfied early.
+    - The feed's entries get positions when a thread queues them (``_refill``, one thread at a
+      time: ``_refilling``). Entries calls put aside are counted in the order the feed keeps them
+      (``_aside``; ``_aside_back``: those it has read back). A flush first waits until the feed has
+      read back as many as had been put aside when it began, then for the queue up to
+      ``_fed_end``, where the refill that read the last of them left it.
     - The lock. ``_cond`` guards every field, with three exceptions that ``put()`` reads
       or writes without it, because the call path must not take a lock per message:
       ``_pending``, a deque, whose ``append`` (callers) and ``popleft`` (threads, under
@@ -98,6 +103,10 @@ class Worker:
         self._in_flight: Dict[int, int] = {}  # queue position -> size of each batch being delivered
         self._flush_to = 0
         self._unread_end = 0  # the queue position where the feed's backlog ended
+        self._refilling = False  # a thread is reading the feed
+        self._fed_end = 0  # the queue position after the last entries read from the feed
+        self._aside = 0
+        self._aside_back = 0
         self._stopping = False
         self._closed = False
         self._sent_in_sync_mode = 0
@@ -112,6 +121,8 @@ class Worker:
         """In a forked child: a fresh queue, lock and threads; the parent's messages stay the parent's."""
         self._reset()
         self._unread = False  # the parent's backlog is the parent's to send
+        if self._feed is not None:
+            self._feed.reset_after_fork()
 
     def retire(self) -> None:
         """The client is gone: deliver what is queued (and the feed's backlog), then end the threads
@@ -127,11 +138,13 @@ class Worker:
 
     # The caller's side. --------------------------------------------------------------
 
-    def put(self, entry: Any) -> bool:
-        """Queue one entry; False (and counted) if the queue is full or closed."""
+    def put(self, entry: Any, count_refusal: bool = True) -> bool:
+        """Queue one entry; False if the queue is full or closed: counted as dropped, unless not
+        ``count_refusal`` (the caller keeps the entry elsewhere: ``put_aside``)."""
         pending = self._pending
         if len(pending) >= self._capacity:  # close() sets the capacity to 0: one test on the hot path
-            self._drop()
+            if count_refusal:
+                self._drop()
             return False
         pending.append(entry)
         if not self._threads:
@@ -162,9 +175,24 @@ class Worker:
             self._calls_backed_up = 0
             time.sleep(_YIELD)
 
-    def has_room(self) -> bool:
-        """True if ``put()`` would take one more entry now (a snapshot: another caller may take it first)."""
-        return len(self._pending) < self._capacity
+    def put_aside(self, first: bool) -> None:
+        """Count an entry a call gave the feed instead of the queue (it was full), in the feed's order (the
+        feed holds its own lock): a thread reads it back as the queue empties, and ``flush()`` waits for
+        it. ``first`` of a run: start the threads if none runs."""
+        if first and not self._closed:
+            self._start()
+        with self._cond:
+            self._aside += 1
+
+    def taken_back(self, count: int) -> None:
+        """The feed's ``read`` (now running) returns ``count`` entries put aside, or found them gone."""
+        with self._cond:
+            self._aside_back += count
+
+    def backed_up(self) -> None:
+        """A call found the queue full (its entry went to the feed): let the threads have the GIL, as a
+        call at a full queue does (``_make_room``)."""
+        time.sleep(_YIELD)
 
     def refuse(self, logged: bool = False) -> bool:
         """Count an entry refused before ``put()`` (``logged``: whoever refused it said why); False."""
@@ -216,7 +244,7 @@ class Worker:
         with self._cond:
             return replace(
                 self._stats,
-                enqueued=self._taken + len(self._pending) + self._sent_in_sync_mode,
+                enqueued=self._taken + len(self._pending) + self._sent_in_sync_mode + self._set_aside(),
                 queue_depth=len(self._pending),
             )
 
@@ -302,9 +330,13 @@ class Worker:
             return target
 
     def _wait_for(self, target: int, deadline: Optional[float]) -> bool:
+        owed = self._aside  # entries put aside so far: waited for once read back
         while True:
             with self._cond:
-                if self._unread:  # what the feed's backlog adds to the queue is waited for too
+                if owed and not self._refilling and self._aside_back >= owed:
+                    owed = 0  # each is queued, before _fed_end
+                    target = max(target, self._fed_end)
+                if self._unread or owed:  # what the feed's backlog adds to the queue is waited for too
                     queued = self._taken + len(self._pending)
                     if queued > target:
                         target = queued
@@ -312,11 +344,10 @@ class Worker:
                             self._flush_to = queued
                             self._cond.notify_all()
                 else:
-                    if self._unread_end > target:  # the backlog ended while this flush waited for it
-                        target = self._unread_end
-                        if target > self._flush_to:
-                            self._flush_to = target
-                            self._cond.notify_all()
+                    target = max(target, self._unread_end)  # the backlog ended while this flush waited for it
+                    if target > self._flush_to:
+                        self._flush_to = target
+                        self._cond.notify_all()
                     if self._done(target):
                         return True
                 remaining = _LIVENESS_CHECK if deadline is None else deadline - time.monotonic()
@@ -326,6 +357,7 @@ class Worker:
                 if not any(thread.is_alive() for thread in self._threads) and not self._start_locked():
                     # No thread can run (interpreter shutdown): deliver on this thread, unlocked.
                     self._unread = False  # nothing reads the feed's backlog now: it stays where it is
+                    owed = 0
                     self._flush_to = max(self._flush_to, self._taken + len(self._pending))
                     batch = self._take()
                 if batch is None:
@@ -386,6 +418,7 @@ class Worker:
             or self._stopping
             or self._taken < self._flush_to
             or now - self._oldest >= self._interval
+            or self._aside > self._aside_back  # more is waiting on disk: no batch waits for the interval
         )
         if not due:
             self._nudged = False  # so the caller wakes us again when a full batch is waiting
@@ -433,12 +466,13 @@ class Worker:
             with self._cond:
                 batch = self._take()
                 while batch is None:
-                    if self._stopping and not self._pending and not self._unread:
+                    owed = self._set_aside() > 0
+                    if self._stopping and not self._pending and not self._unread and not owed:
                         self._leave()
                         return
                     wait = self._wait_time()
-                    if feed is not None and (self._unread or not self._stopping):
-                        wait = min(wait, feed.due_in())
+                    if feed is not None and not self._refilling and (self._unread or owed or not self._stopping):
+                        wait = min(wait, feed.due_in())  # (while another thread reads it, wait for its notify)
                         if wait <= 0:
                             break  # time to read the feed again
                     self._cond.wait(wait)
@@ -462,29 +496,40 @@ class Worker:
             self._delivery.retire()  # the client is gone: its connections and files are let go
 
     def _refill(self, feed: Feed) -> None:
-        """Queue what the feed has (retries that are due, and what dead processes left).
+        """Queue what the feed has (retries that are due, what dead processes left, what calls put aside).
 
         Runs on a worker thread, outside the lock (a feed reads files), when the feed is due and
         only while the queue has room, so a backlog never crowds out new messages: it is read as
-        the queue empties, ten batches ahead. A backlog is read without pause, and before the
-        threads stop.
+        the queue empties, ten batches ahead. A backlog (and what calls put aside) is read without
+        pause, and before the threads stop. One thread at a time, so the queue keeps the feed's order.
         """
-        backlog = self._unread
+        backlog = self._unread or self._set_aside() > 0
         if not backlog and (self._stopping or feed.due_in() > 0):
             return
-        pending = len(self._pending)
+        with self._cond:
+            if self._refilling:
+                return
+            self._refilling = True
+            pending = len(self._pending)
         room = min(self._capacity - pending, 10 * self._size - (pending if backlog else 0))
+        found: List[Any] = []
         try:
             found = feed.read(max(0, room))
         except Exception:  # a bug must not kill the thread; what the feed holds stays there
             log.exception("reading more messages to send raised")
-            found = []
-        with self._cond:
-            self._pending.extend(found)
-            if backlog and len(found) < room:
-                self._unread = False  # all read: flush() now waits only for the queue, up to here
-                self._unread_end = self._taken + len(self._pending)
-            self._cond.notify_all()
+        finally:
+            with self._cond:
+                self._refilling = False
+                self._pending.extend(found)
+                self._fed_end = self._taken + len(self._pending)
+                if self._unread and len(found) < room:
+                    self._unread = False  # all read: flush() now waits only for the queue, up to here
+                    self._unread_end = self._fed_end
+                self._cond.notify_all()
+
+    def _set_aside(self) -> int:
+        """Entries calls put aside (in the feed) that it has not read back yet."""
+        return self._aside - self._aside_back
 
     def _send(self, batch: List[Any], start: int) -> None:
         outcome = Outcome(failed=len(batch))

@@ -116,7 +116,7 @@ def test_a_sender_that_raises_keeps_the_whole_batch(
     assert dead_letters(durable.spool) == []
 
 
-def test_put_refuses_before_writing_when_the_queue_is_full(
+def test_put_keeps_on_disk_only_what_the_full_queue_has_no_room_for(
     make_durable: Callable[..., Tuple[Durable, Reported]], sender: ScriptedSender
 ) -> None:
     gate = threading.Event()
@@ -127,12 +127,12 @@ def test_put_refuses_before_writing_when_the_queue_is_full(
 
     sender.script = held
     durable, _ = make_durable(max_queue_size=2, upload_interval=60)
-    assert [durable.put(message(i)) for i in range(3)] == [True, True, False]
-    assert durable.worker.stats().dropped == 1
-    assert inspect(durable.spool.directory).pending == 2  # the refused one was never written
+    assert [durable.put(message(i)) for i in range(3)] == [True, True, True]  # the third waits on disk only
+    assert durable.worker.stats().dropped == 0
+    assert inspect(durable.spool.directory).pending == 3
     gate.set()
-    assert durable.worker.flush(timeout=10)
-    assert [m for batch in sender.batches for m in batch] == [message(0), message(1)]
+    assert durable.worker.flush(timeout=10)  # waits for the one on disk only, too
+    assert [m for batch in sender.batches for m in batch] == [message(0), message(1), message(2)]
 
 
 def test_what_earlier_processes_left_is_read_back_and_flush_waits_for_it(

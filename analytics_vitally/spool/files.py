@@ -14,20 +14,18 @@ import mmap
 import os
 import sys
 import time
-from typing import Callable, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Protocol, Tuple
 
 from ..errors import ConfigurationError
 from .format import (
-    ANYONE,
     DEAD_LETTER,
     DONE,
-    FILE_HEADER,
     HEADER,
     RECORD,
     RECORDS_START,
+    STATE,
+    WINDOW,
     pack_file_header,
-    shown_owner,
-    unpack_file_header,
 )
 
 if sys.platform != "win32":
@@ -37,35 +35,54 @@ log = logging.getLogger("analytics_vitally")
 
 _STALE_TEMPORARY = 60.0
 _ZEROS = bytes(1 << 18)
+_READ_AHEAD = 1 << 18
 
 
 class Segment:
-    """One open spool file: its descriptor (which holds the lock) and its map."""
+    """One open spool file: its descriptor (which holds the lock), where its state bytes are, and counts.
 
-    __slots__ = ("acked", "base", "cursor", "fd", "key", "map", "owned", "path", "records", "sealed", "size")
+    ``Own`` (a file this process writes) and ``Adopted`` (one a process that is gone left) say how
+    its bytes are reached. ``states[offset + STATE]`` is a record's state byte.
+    """
 
-    def __init__(self, path: str, fd: int, memory: mmap.mmap, key: int, owned: bool) -> None:
+    __slots__ = ("acked", "base", "fd", "key", "moved", "path", "records", "sealed", "size", "states")
+
+    owned = False
+    states: States
+
+    def __init__(self, path: str, fd: int, size: int, key: int) -> None:
         self.path = path
         self.fd = fd
-        self.map = memory
-        self.size = len(memory)
+        self.size = size
         self.key = key
         self.base = key << 32
-        self.owned = owned
         self.records = 0
         """Own: records appended. Adopted: pending records handed out by recover()."""
         self.acked = 0
         self.sealed = False
         """Own: no more appends. Adopted: read to its end."""
-        self.cursor = RECORDS_START
-        """Adopted: where reading resumes."""
+        self.moved: Optional[Dict[int, int]] = None
+        """Once its file was found deleted: the token of each pending record's copy in a new file, by offset."""
+
+    def read(self, offset: int, length: int) -> bytes:
+        raise NotImplementedError
+
+    def data_from(self, offset: int) -> int:
+        return offset
 
     def record(self, offset: int) -> Optional[bytes]:
         """The data of the record at ``offset``, unless it is acknowledged."""
-        _, state, _, length, _ = RECORD.unpack_from(self.map, offset)
-        if state == DONE:
+        if self.states[offset + STATE] == DONE:
             return None
-        return self.map[offset + HEADER : offset + HEADER + length]
+        _, _, _, length, _ = RECORD.unpack(self.read(offset, HEADER))
+        return self.read(offset + HEADER, length)
+
+    def unlinked(self) -> bool:
+        """Whether its file has no name any more (deleted, or its directory removed)."""
+        try:
+            return self.fd >= 0 and os.fstat(self.fd).st_nlink == 0
+        except OSError:
+            return False
 
     def delete(self) -> None:
         try:
@@ -81,7 +98,7 @@ class Segment:
         if self.fd < 0:
             return
         try:
-            self.map.close()
+            self._unmap()
             if keep is not None:
                 os.ftruncate(self.fd, keep)
                 if durable:
@@ -92,6 +109,137 @@ class Segment:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = -1
+
+    def _unmap(self) -> None:
+        raise NotImplementedError
+
+
+class Own(Segment):
+    """A file this process writes, mapped whole (it is never larger than one record or a segment)."""
+
+    __slots__ = ("map",)
+    owned = True
+
+    def __init__(self, path: str, fd: int, memory: mmap.mmap, key: int) -> None:
+        super().__init__(path, fd, len(memory), key)
+        self.map = memory
+        self.states = memory
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.map[offset : offset + length]
+
+    def _unmap(self) -> None:
+        self.map.close()
+
+
+class Adopted(Segment):
+    """A file a process that is gone left, of any size: read through ``FileView``, never mapped whole."""
+
+    __slots__ = ("cursor", "view")
+
+    def __init__(self, path: str, fd: int, view: FileView, key: int) -> None:
+        super().__init__(path, fd, len(view), key)
+        self.view = view
+        self.states = view
+        self.cursor = RECORDS_START
+        """Where reading resumes."""
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.view.read(offset, length)
+
+    def data_from(self, offset: int) -> int:
+        return self.view.data_from(offset)
+
+    def _unmap(self) -> None:
+        self.view.close()
+
+
+class States(Protocol):
+    """Where ``acknowledge`` reads and writes state bytes: a map, or a ``FileView``."""
+
+    def __getitem__(self, offset: int) -> int: ...
+
+    def __setitem__(self, offset: int, value: int) -> None: ...
+
+
+class FileView:
+    """A file of any size, with no more than ``WINDOW`` bytes of it mapped or read at once.
+
+    Bytes are read with ``pread`` (from a read-ahead buffer), which any thread may do; state bytes
+    are read and written through a map of the ``WINDOW`` around them, moved as needed, by one
+    thread at a time (the spool's ``_ack_lock``). The page cache keeps both views the same.
+    """
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+        self._ahead: Tuple[int, bytes] = (0, b"")
+        self._window: Optional[mmap.mmap] = None
+        self._window_start = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self, offset: int, length: int) -> bytes:
+        start, ahead = self._ahead  # one tuple: another thread may replace it meanwhile
+        if start <= offset and offset + length <= start + len(ahead):
+            return ahead[offset - start : offset - start + length]
+        if length >= _READ_AHEAD:
+            return _pread(self.fd, min(length, self.size - offset), offset)
+        ahead = _pread(self.fd, min(_READ_AHEAD, self.size - offset), offset)
+        self._ahead = (offset, ahead)
+        return ahead[:length]
+
+    def data_from(self, offset: int) -> int:
+        """The next offset that may not be a hole (``SEEK_DATA``); the file's size if none is."""
+        seek_data = getattr(os, "SEEK_DATA", None)
+        if seek_data is None:
+            return offset
+        try:
+            return os.lseek(self.fd, offset, seek_data)
+        except OSError as error:
+            return self.size if error.errno == errno.ENXIO else offset  # ENXIO: only a hole is left
+
+    def __getitem__(self, offset: int) -> int:
+        return self._map(offset)[offset - self._window_start]
+
+    def __setitem__(self, offset: int, value: int) -> None:
+        self._map(offset)[offset - self._window_start] = value
+
+    def _map(self, offset: int) -> mmap.mmap:
+        window = self._window
+        if window is not None and 0 <= offset - self._window_start < len(window):
+            return window
+        if window is not None:
+            self._window = None
+            window.close()
+        start = offset - offset % WINDOW
+        self._window = window = mmap.mmap(self.fd, min(WINDOW, self.size - start), offset=start)
+        self._window_start = start
+        return window
+
+    def close(self) -> None:
+        if self._window is not None:
+            self._window.close()
+            self._window = None
+        self._ahead = (0, b"")
+
+
+def _pread(fd: int, length: int, offset: int) -> bytes:
+    if length <= 0:
+        return b""
+    data = os.pread(fd, length, offset)
+    if len(data) == length or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < length:
+        more = os.pread(fd, length - got, offset + got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
 
 
 def require_flock() -> None:
@@ -128,7 +276,15 @@ def allocate(handle: int, length: int, prefill: bool) -> None:
 
 
 def make_file(
-    directory: str, path: str, length: int, prefill: bool, writer: int, number: int, owner: bytes, fsync: bool
+    directory: str,
+    path: str,
+    length: int,
+    prefill: bool,
+    writer: int,
+    number: int,
+    owner: bytes,
+    endpoint: bytes,
+    fsync: bool,
 ) -> Tuple[int, mmap.mmap]:
     """A new segment file at ``path`` in ``directory``, of ``length`` bytes: allocated, locked, its
     header written, mapped. Its descriptor (which holds the lock) and map; OSError if not, and then
@@ -142,7 +298,7 @@ def make_file(
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         allocate(handle, length, prefill)
-        os.pwrite(handle, pack_file_header(writer, number, time.time(), owner), 0)
+        os.pwrite(handle, pack_file_header(writer, number, time.time(), owner, endpoint), 0)
         memory = mmap.mmap(handle, length)
         try:
             os.rename(temporary, path)
@@ -158,55 +314,6 @@ def make_file(
             unlink(temporary)
         raise
     return handle, memory
-
-
-def lock_orphan(directory: str, path: str, owner: bytes, passed_over: Set[str]) -> Optional[Tuple[int, mmap.mmap, int]]:
-    """Lock and map the file at ``path`` if no process holds it and it holds messages for ``owner``:
-    its descriptor (which holds the lock), map and writer's PID. None if not; a file to leave alone
-    for good (unreadable, not a spool file, another destination's) is logged and added to
-    ``passed_over``."""
-    try:
-        handle = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None  # deleted meanwhile by whoever had it
-    except OSError as error:  # another user's file, say: processes sharing a spool must run as one user
-        log.warning("spool %s: %s cannot be opened to adopt it: %s", directory, path, error)
-        passed_over.add(path)  # said once: not tried again every scan
-        return None
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(handle)
-            return None  # its writer (or another adopter) is alive
-        status = os.fstat(handle)
-        if status.st_nlink == 0:  # deleted by the process that held the lock before us
-            os.close(handle)
-            return None
-        head = os.pread(handle, FILE_HEADER.size, 0)
-        header = unpack_file_header(head) if status.st_size >= RECORDS_START else None
-        if header is None:
-            log.warning("spool %s: %s is not a spool file (or it was cut short): left alone", directory, path)
-            passed_over.add(path)
-            os.close(handle)
-            return None
-        if ANYONE not in (header.owner, owner) and header.owner != owner:
-            # Another app's messages, for another Vitally account or host: never sent with our key.
-            log.info(
-                "spool %s: %s holds messages for another destination (fingerprint %s): left for it",
-                directory,
-                path,
-                shown_owner(header.owner),
-            )
-            passed_over.add(path)
-            os.close(handle)
-            return None
-        memory = mmap.mmap(handle, status.st_size)
-    except OSError as error:
-        log.warning("spool %s: %s could not be adopted: %s", directory, path, error)
-        os.close(handle)
-        return None
-    return handle, memory, header.writer
 
 
 def write_dead_letters(directory: str, lines: List[bytes], max_bytes: int, fsync: bool) -> int:
@@ -273,8 +380,9 @@ def sync_range(segment: Segment, start: int, end: int) -> None:
     if sys.platform.startswith("linux"):
         os.fdatasync(segment.fd)
         return
-    first = start - start % mmap.PAGESIZE
-    segment.map.flush(first, end - first)
+    if isinstance(segment, Own):
+        first = start - start % mmap.PAGESIZE
+        segment.map.flush(first, end - first)
     sync_file(segment.fd)
 
 

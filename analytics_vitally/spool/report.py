@@ -1,21 +1,29 @@
-"""``inspect``: what a spool directory holds, for ``analytics-vitally spool DIR``, without changing it."""
+"""``inspect``: what a spool directory holds, for ``analytics-vitally spool DIR``, without changing it.
+
+Each file is read a window at a time (``FileView``), so a huge or sparse one costs no more memory
+than a small one; ``SpoolReport.left`` says what a ``spool --send`` for one destination leaves, and why.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
-from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
-from .files import require_flock
+from .files import FileView, require_flock
 from .format import (
     ANYONE,
     DEAD_LETTER,
     DONE,
-    HEADER,
+    MINE,
     RECORDS_START,
     SUFFIX,
+    FileHeader,
+    destination,
+    endpoint_bytes,
+    owner_bytes,
     read_records,
     shown_owner,
     unpack_file_header,
@@ -42,6 +50,21 @@ class SpoolFile:
     """The fingerprint of where its messages go (``Settings.fingerprint``); empty for older files."""
     skipped: int
     """Torn or corrupt stretches skipped (a live file's last record may be mid-write)."""
+    endpoint: str = ""
+    """A hash of where its messages go without the key (``format.endpoint_bytes``); empty when not recorded."""
+    header: str = "ok"
+    """``ok``; ``repaired`` (a flipped bit put back by its checksum); ``damaged`` (whose messages it holds is
+    unknown: its records were found by their own marks); ``not a spool file``."""
+
+
+@dataclass
+class Left:
+    """Messages a ``spool --send`` leaves in the directory, for one reason (``SpoolReport.left``)."""
+
+    messages: int = 0
+    files: int = 0
+    owners: Dict[str, int] = field(default_factory=dict)
+    """Messages by the fingerprint of their destination, when their files record one."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +90,33 @@ class SpoolReport:
         spool (or ``analytics-vitally spool --send``) sends them."""
         return sum(file.pending for file in self.files if not file.live)
 
+    def left(self, fingerprint: str, url: str) -> Dict[str, Left]:
+        """What a ``spool --send`` for the destination of ``fingerprint`` and ``url`` (``Settings``) does not
+        send, by why: ``running`` (held by a running process, which sends them), ``format.OTHER_KEY``,
+        ``format.OTHER_ENDPOINT``, ``format.OTHER_DESTINATION``, ``damaged`` (a header damaged beyond
+        repair: whose they are is unknown), ``dead letters`` (lines of ``dead-letter.jsonl``)."""
+        owner, endpoint = owner_bytes(fingerprint), endpoint_bytes(url)
+        left: Dict[str, Left] = {}
+        for file in self.files:
+            if not file.pending:
+                continue
+            if file.live:
+                why = "running"
+            elif file.header == "damaged":
+                why = "damaged" if owner != ANYONE else MINE
+            else:
+                written = FileHeader(0, 0, 0.0, owner_bytes(file.owner), file.endpoint.encode() or ANYONE)
+                why = destination(written, owner, endpoint)
+            if why != MINE:
+                reason = left.setdefault(why, Left())
+                reason.messages += file.pending
+                reason.files += 1
+                if file.owner and why != "running":
+                    reason.owners[file.owner] = reason.owners.get(file.owner, 0) + file.pending
+        if self.dead_letters:
+            left["dead letters"] = Left(self.dead_letters, 1)
+        return left
+
     def text(self) -> str:
         """The report as lines of text; the first reads ``N messages pending``."""
         live = [file for file in self.files if file.live]
@@ -82,10 +132,15 @@ class SpoolReport:
         for file in self.files:
             state = "held by a running process" if file.live else "its process has ended"
             torn = f", {file.skipped} torn stretch(es) skipped" if file.skipped else ""
-            destination = f", destination {file.owner}" if file.owner else ""
+            where = f", destination {file.owner}" if file.owner else ""
+            where += f", endpoint {file.endpoint}" if file.endpoint else ""
+            if file.header != "ok":
+                where += {
+                    "repaired": ", header repaired (a flipped bit put back)",
+                    "damaged": ", header damaged: destination unknown",
+                }.get(file.header, f", {file.header}")
             lines.append(
-                f"  {file.name}: {file.pending} pending, {file.size:,} bytes, pid {file.writer}, {state}"
-                f"{destination}{torn}"
+                f"  {file.name}: {file.pending} pending, {file.size:,} bytes, pid {file.writer}, {state}{where}{torn}"
             )
         return "\n".join(lines)
 
@@ -101,26 +156,15 @@ def inspect(directory: Union[str, os.PathLike[str]]) -> SpoolReport:
     names = sorted(name for name in os.listdir(path) if name.endswith(SUFFIX))
     for name in names:
         try:
-            content, live = _read_for_report(os.path.join(path, name))
+            file, held_bytes, stamp = _inspect_file(os.path.join(path, name), name)
         except OSError:
             continue  # deleted meanwhile
-        skips: List[int] = []
-        writer, owner = 0, ANYONE
-        records: List[Tuple[int, int, int]] = []
-        header = unpack_file_header(content) if len(content) >= RECORDS_START else None
-        if header is not None:
-            writer, owner = header.writer, header.owner
-            records, _, _ = read_records(content, RECORDS_START, len(content), _counter(skips))
-        waiting = [(offset, length) for offset, state, length in records if state != DONE]
-        for offset, length in waiting:
-            stamp = _timestamp(content[offset + HEADER : offset + HEADER + length])
-            if stamp is not None and (oldest is None or stamp < oldest):
-                oldest = stamp
-        shown = "" if owner == ANYONE else shown_owner(owner)
-        files.append(SpoolFile(name, len(content), len(waiting), writer, live, shown, len(skips)))
-        pending += len(waiting)
-        pending_bytes += sum(length for _, length in waiting)
-        total += len(content)
+        files.append(file)
+        pending += file.pending
+        pending_bytes += held_bytes
+        total += file.size
+        if stamp is not None and (oldest is None or stamp < oldest):
+            oldest = stamp
     dead_letters = dead_letter_bytes = 0
     try:
         with open(os.path.join(path, DEAD_LETTER), "rb") as handle:
@@ -132,14 +176,8 @@ def inspect(directory: Union[str, os.PathLike[str]]) -> SpoolReport:
     return SpoolReport(path, pending, pending_bytes, total, oldest, tuple(files), dead_letters, dead_letter_bytes)
 
 
-def _counter(skips: List[int]) -> Callable[[int, int], None]:
-    def count(offset: int, length: int) -> None:
-        skips.append(length)
-
-    return count
-
-
-def _read_for_report(path: str) -> Tuple[bytes, bool]:
+def _inspect_file(path: str, name: str) -> Tuple[SpoolFile, int, Optional[str]]:
+    """One file as ``inspect`` shows it, the bytes of its pending messages and their oldest timestamp."""
     handle = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
@@ -147,15 +185,42 @@ def _read_for_report(path: str) -> Tuple[bytes, bool]:
             live = False
         except BlockingIOError:
             live = True
-        chunks: List[bytes] = []
-        while True:
-            chunk = os.read(handle, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks), live
+        view = FileView(handle, os.fstat(handle).st_size)
+        header = unpack_file_header(view.read(0, RECORDS_START))
+        skips: List[int] = []
+        records = pending = pending_bytes = 0
+        oldest: Optional[str] = None
+        cursor, finished = RECORDS_START, len(view) <= RECORDS_START
+        while not finished:
+            found, cursor, finished = read_records(view.read, len(view), cursor, 1000, _counter(skips), view.data_from)
+            records += len(found)
+            for _, state, data in found:
+                if state == DONE:
+                    continue
+                pending += 1
+                pending_bytes += len(data)
+                stamp = _timestamp(data)
+                if stamp is not None and (oldest is None or stamp < oldest):
+                    oldest = stamp
+        if header is None:
+            file = SpoolFile(name, len(view), pending, 0, live, "", len(skips), "", "damaged")
+            if not records:
+                file = SpoolFile(name, len(view), 0, 0, live, "", 0, "", "not a spool file")
+        else:
+            owner = "" if header.owner == ANYONE else shown_owner(header.owner)
+            endpoint = "" if header.endpoint == ANYONE else header.endpoint.decode("ascii", "replace")
+            status = "repaired" if header.repaired else "ok"
+            file = SpoolFile(name, len(view), pending, header.writer, live, owner, len(skips), endpoint, status)
+        return file, pending_bytes, oldest
     finally:
         os.close(handle)  # drops our shared lock
+
+
+def _counter(skips: List[int]) -> Callable[[int, int], None]:
+    def count(offset: int, length: int) -> None:
+        skips.append(length)
+
+    return count
 
 
 def _timestamp(data: bytes) -> Optional[str]:

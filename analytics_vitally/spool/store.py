@@ -24,7 +24,14 @@ only by closing every descriptor: a flock belongs to the open file description, 
 forked child shares, so an unlock in the child would unlock the parent's file. After
 ``os.fork()`` the child (``reset_after_fork``, run by the package's fork handling) closes its copies of the
 parent's descriptors and maps, which leaves the parent's locks in place, and writes files of
-its own.
+its own. Adopted files are read a window at a time (``FileView``), never mapped whole. A file
+whose messages are not ours (another write key or endpoint), or whose header is damaged beyond
+repair, is left alone and said at WARNING (adopt.py).
+
+Deletion. A file deleted under us (the directory removed by a clean-up job, say) still holds its
+records in our map, but they would not survive a crash: ``append`` looks at least every
+``LOOK_INTERVAL`` (and ``recover`` at each call) and the records are written again into new files
+(relocate.py says how).
 
 Needs ``fcntl.flock`` and ``mmap``: Linux and macOS (and other Unixes). On Windows ``Spool()``
 and ``inspect()`` raise ``ConfigurationError``. The directory must be on a local file system:
@@ -41,17 +48,18 @@ import mmap
 import os
 import threading
 import time
-from typing import Dict, Iterable, List, Optional, Set, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 from .. import lifecycle
 from ..errors import ConfigurationError
+from .adopt import Orphans
 from .files import (
+    Adopted,
+    Own,
     Segment,
-    lock_orphan,
     log_skipped,
     make_file,
     page_multiple,
-    remove_stale_temporary,
     require_flock,
     sync_range,
     write_dead_letters,
@@ -62,12 +70,15 @@ from .format import (
     MARK,
     PENDING,
     RECORDS_START,
+    STATE,
     SUFFIX,
     crc32,
+    endpoint_bytes,
     owner_bytes,
     pack_record_header,
     read_records,
 )
+from .relocate import LOOK_INTERVAL, Relocation
 
 log = logging.getLogger("analytics_vitally")
 
@@ -87,11 +98,12 @@ Token = int
 _OFFSET = (1 << 32) - 1
 _LOG_INTERVAL = 10.0
 _MAKE_RETRY = 1.0
+_monotonic = time.monotonic
 _NO_SPACE = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 """A full file system, or the user's quota: a state that passes, not a wrong setting."""
 
 
-class Spool:
+class Spool(Relocation):
     """The records one process has accepted and not yet seen delivered, in files in ``directory``.
 
     ``append`` runs on the caller's thread; ``acknowledge``, ``retry_later``, ``recover`` and
@@ -102,9 +114,10 @@ class Spool:
     How the threads agree (CPython, with the GIL):
 
     - ``_lock`` guards the write position: the active segment, ``_end``, the spare segment,
-      ``_bytes_made`` and ``_closed``. ``_ack_lock`` guards the registry (``_segments``,
-      ``_sealed``), every segment's ``acked``, ``_acks``, ``_bytes_freed`` and ``_retry``. When both are
-      needed, ``_lock`` is taken first.
+      ``_bytes_made``, ``_closed`` and the looks for a deletion; ``_relocate`` runs under
+      it. ``_ack_lock`` guards the registry (``_segments``, ``_sealed``), every segment's
+      ``acked`` and ``moved``, the state bytes of adopted files (their ``FileView``'s window),
+      ``_acks``, ``_bytes_freed`` and ``_retry``. When both are needed, ``_lock`` is taken first.
     - A segment's ``records`` is written only by its writer (own segments: ``append`` under
       ``_lock``; adopted ones: ``recover`` under ``_ack_lock``), and always before the tokens it
       counts are handed out, so ``acked`` never passes it. ``sealed`` is set after the last
@@ -121,9 +134,9 @@ class Spool:
       signal handlers on the main thread only), or from a main thread whose handlers do not append.
     """
 
-    _active: Optional[Segment]
+    _active: Optional[Own]
     """Where ``append`` writes, at ``_end``."""
-    _spare: Optional[Segment]
+    _spare: Optional[Own]
     """The next segment, made ahead of need by a worker thread."""
 
     def __init__(
@@ -136,6 +149,7 @@ class Spool:
         retry_delay: float = RETRY_DELAY,
         scan_interval: float = SCAN_INTERVAL,
         owner: str = "",
+        endpoint: str = "",
     ) -> None:
         require_flock()
         if max_bytes < MIN_MAX_BYTES:
@@ -150,13 +164,16 @@ class Spool:
         self.fsync = fsync
         self.segment_bytes = segment_bytes
         self._retry_delay = retry_delay
-        self._scan_interval = scan_interval
         self.owner = owner
         """Where the records go (``Settings.fingerprint``): written in each file; only files of the same
         owner (or of none) are adopted. Empty: files of any owner are adopted."""
+        self.endpoint = endpoint
+        """Where the records go, without the key (``Settings.url``): a hash of it is written in each file,
+        so that files of this endpoint under another write key (a rotated key) are told from another
+        account's. Empty: not recorded."""
         self._owner = owner_bytes(owner)
-        self._passed_over: Set[str] = set()
-        """Files seen and left alone (another owner's, or not spool files): said once, not looked at again."""
+        self._endpoint = endpoint_bytes(endpoint)
+        self._orphans = Orphans(self.directory, self._owner, self._endpoint, scan_interval)
         self._keys = itertools.count(1)  # never reset: a token from before a fork names no segment after it
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
@@ -210,8 +227,9 @@ class Spool:
         self._segments: Dict[int, Segment] = {}
         self._sealed: List[Segment] = []
         self._retry: List[Tuple[float, Token]] = []  # a heap: the record due first on top
-        self._adopting: List[str] = []
-        self._scanned_at: Optional[float] = None
+        self._look_at = 0.0  # when append looks next at whether the active file was deleted
+        self._deleted_at: Optional[float] = None  # when a deletion was seen and not yet moved (see _relocate)
+        self._orphans.reset()
 
     def __repr__(self) -> str:
         return f"<analytics_vitally.Spool {self.directory!r}>"
@@ -232,8 +250,8 @@ class Spool:
             try:
                 segment = self._active
                 start = self._end
-                if segment is None or start + size > segment.size:
-                    segment = self._rotate(size)
+                if segment is None or start + size > segment.size or _monotonic() >= self._look_at:
+                    segment = self._advance(size)
                     start = self._end
                 if segment is not None:
                     end = start + size
@@ -249,11 +267,25 @@ class Spool:
         if segment is None:
             self._log_refusal()
             return None
-        if self.fsync:
-            self._make_durable(segment, start, end)
+        if self.fsync and not self._make_durable(segment, start, end):
+            return None
         return segment.base | start
 
-    def _rotate(self, size: int) -> Optional[Segment]:
+    def _advance(self, size: int) -> Optional[Own]:
+        """``append``'s way when a look at whether its files were deleted is due, or the active one is
+        full: the segment for ``size`` more bytes, a new one if need be (``_lock`` held)."""
+        now = _monotonic()
+        active = self._active
+        if now >= self._look_at or active is None or self._end + size > active.size:
+            self._look_at = now + LOOK_INTERVAL
+            if self._deleted_at is not None or (active is not None and active.unlinked()):
+                self._relocate()
+        segment = self._active
+        if segment is not None and self._end + size <= segment.size:
+            return segment
+        return self._rotate(size)
+
+    def _rotate(self, size: int) -> Optional[Own]:
         """A fresh active segment with room for a record of ``size`` bytes; None if refused (``_lock`` held).
 
         Takes the spare that a worker thread made ahead of time, or makes one here.
@@ -302,11 +334,22 @@ class Spool:
         count, self._refused, self._refused_logged_at = self._refused, 0, now
         log.warning("spool %s refused %d message(s): %s", self.directory, count, self._refusal)
 
-    def _make_durable(self, segment: Segment, start: int, end: int) -> None:
+    def _make_durable(self, segment: Segment, start: int, end: int) -> bool:
+        """``fsync``: sync the record just written; False if that failed, and the record is then marked
+        done, so that neither this process nor one adopting the file sends it: the call is refused, and
+        a caller that tries again must not have it sent twice."""
         try:
             sync_range(segment, start, end)
-        except (OSError, ValueError) as error:  # ValueError: the map was closed (fork, exit) meanwhile
-            log.error("spool %s: a record could not be synced to disk (fsync): %s", self.directory, error)
+            return True
+        except (OSError, ValueError) as error:
+            if isinstance(error, ValueError) or segment.fd < 0:  # closed meanwhile (exit, on another thread):
+                return True  # the record stays for a later process; refusing the call would not stop that
+            self.acknowledge([segment.base | start])
+            with self._lock:
+                self._refused += 1
+                self._refusal = f"a record could not be synced to disk (fsync): {error}"
+            self._log_refusal()
+            return False
 
     # The worker's side. --------------------------------------------------------------
 
@@ -318,12 +361,14 @@ class Spool:
                 segment = segments.get(token >> 32)
                 if segment is None:
                     continue  # already deleted, or a token from before a fork
-                state = (token & _OFFSET) + 2
-                memory = segment.map
-                if memory[state] != DONE:
-                    memory[state] = DONE
+                state = (token & _OFFSET) + STATE
+                states = segment.states
+                if states[state] != DONE:
+                    states[state] = DONE
                     segment.acked += 1
                     self._acks += 1
+                    if segment.moved:
+                        self._acknowledge_copy(segment.moved.pop(state - STATE, None))
             self._reclaim_locked()
         self._prepare_spare()
 
@@ -362,33 +407,6 @@ class Spool:
         self._prepare_spare()
         return found
 
-    def _check_files(self) -> None:
-        """Notice that the file being written was deleted (the directory removed under us, say): log
-        it at ERROR, make the directory again, and write the next records to a new file there."""
-        with self._lock:
-            active = self._active
-            if active is None or self._closed:
-                return
-            try:
-                if os.fstat(active.fd).st_nlink:
-                    return
-            except OSError:
-                return
-            self._active = None  # the next append makes a new file
-            self._seal(active)
-            spare, self._spare = self._spare, None
-            if spare is not None:
-                self._seal(spare)
-        log.error(
-            "spool %s: its files were deleted (was the directory removed?): the messages accepted so far "
-            "are still sent, but would not survive a crash now; new ones go to new files",
-            self.directory,
-        )
-        try:
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        except OSError as error:
-            log.error("spool %s cannot be made again: %s; calls are refused until it can", self.directory, error)
-
     def dead_letter(self, messages: Iterable[Union[bytes, str]]) -> int:
         """Append messages Vitally rejected for good to ``dead-letter.jsonl``, one per line.
 
@@ -407,7 +425,7 @@ class Spool:
     def pending(self) -> int:
         """Records written or adopted by this process and not acknowledged yet."""
         with self._ack_lock:
-            return sum(segment.records - segment.acked for segment in self._segments.values())
+            return sum(_left(segment) for segment in self._segments.values())
 
     @property
     def disk_bytes(self) -> int:
@@ -447,41 +465,56 @@ class Spool:
                 self._segments.clear()
                 self._sealed.clear()
         pending = 0
-        for segment in left:
-            pending += segment.records - segment.acked
-            segment.close(keep=end if segment is active else None, durable=self.fsync)
+        for held in left:
+            pending += _left(held)
+            held.close(keep=end if held is active else None, durable=self.fsync)
         if pending:
             log.warning("spool %s: %d message(s) left for a later process to send", self.directory, pending)
         return pending
 
     # Inside. --------------------------------------------------------------------------
 
-    def _make(self, length: int, prefill: bool) -> Segment:
+    def _make(self, length: int, prefill: bool) -> Own:
         """A new segment file of ``length`` bytes, allocated, locked, mapped and registered; OSError if not.
 
-        ``make_file`` makes it (under a temporary name, renamed once locked). The caller counts it
-        in ``_bytes_made``.
+        ``make_file`` makes it (under a temporary name, renamed once locked); the directory too, if it
+        was removed (``_relocate`` takes care of the files that were in it). The caller counts it in
+        ``_bytes_made``.
         """
         number = next(self._sequence)
         path = os.path.join(self.directory, f"{self._writer}-{number:06d}{SUFFIX}")
-        handle, memory = make_file(self.directory, path, length, prefill, self._pid, number, self._owner, self.fsync)
-        segment = Segment(path, handle, memory, next(self._keys), owned=True)
+        made = (self.directory, path, length, prefill, self._pid, number, self._owner, self._endpoint, self.fsync)
+        try:
+            handle, memory = make_file(*made)
+        except FileNotFoundError:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            # The files that were in it are moved at the next look, without waiting. Set without _lock when
+            # the spare is made: at worst one look more or less, and that look finds the deleted files anyway.
+            if self._deleted_at is None:
+                self._deleted_at = _monotonic() - LOOK_INTERVAL
+            self._look_at = 0.0
+            handle, memory = make_file(*made)
+        segment = Own(path, handle, memory, next(self._keys))
         with self._ack_lock:
             self._segments[segment.key] = segment
         return segment
 
     def _prepare_spare(self) -> None:
         """On a worker thread: make the next segment ahead of need, zero-filled, so that an append
-        never waits for a new file and the first write to each of its pages is cheap."""
+        never waits for a new file and the first write to each of its pages is cheap. Made once the
+        active one is half full: a process that writes little holds one file, and makes none while
+        its directory is being removed (an ``rm -rf`` fails on a file made in it meanwhile)."""
         with self._lock:
             if self._spare is not None or self._preparing or self._closed or self._active is None:
                 return  # no active segment: a forked child that has not written yet
+            if self._end < self._active.size // 2:
+                return
             if self.segment_bytes > self._room():
                 return
             self._preparing = True
             self._bytes_made += self.segment_bytes  # reserved now, so an append meanwhile sees the room left
         try:
-            segment: Optional[Segment] = self._make(self.segment_bytes, prefill=True)
+            segment: Optional[Own] = self._make(self.segment_bytes, prefill=True)
         except OSError as error:
             log.debug("spool %s: the next file could not be made ahead of time: %s", self.directory, error)
             segment = None
@@ -524,25 +557,28 @@ class Spool:
         """Up to ``limit`` records from adopted files, adopting more as needed (``_recover_lock`` held)."""
         found: List[Tuple[Token, bytes]] = []
         with self._ack_lock:
-            reading = [segment for segment in self._segments.values() if not segment.owned and not segment.sealed]
+            reading = [
+                segment for segment in self._segments.values() if isinstance(segment, Adopted) and not segment.sealed
+            ]
         may_scan = True  # once per call: a file that cannot be deleted must not be adopted again and again
         while len(found) < limit:
             if not reading:
-                scanned_at = self._scanned_at
-                segment = self._adopt_next(may_scan)
-                may_scan = may_scan and self._scanned_at == scanned_at
-                if segment is None:
+                scanned_at = self._orphans.scanned_at
+                adopted = self._adopt_next(may_scan)
+                may_scan = may_scan and self._orphans.scanned_at == scanned_at
+                if adopted is None:
                     break
-                reading.append(segment)
+                reading.append(adopted)
             segment = reading[0]
             records, segment.cursor, finished = read_records(
-                segment.map, segment.cursor, limit - len(found), log_skipped(segment.path)
+                segment.read,
+                segment.size,
+                segment.cursor,
+                limit - len(found),
+                log_skipped(segment.path),
+                segment.data_from,
             )
-            new = [
-                (segment.base | offset, segment.map[offset + HEADER : offset + HEADER + length])
-                for offset, state, length in records
-                if state != DONE
-            ]
+            new = [(segment.base | offset, data) for offset, state, data in records if state != DONE]
             with self._ack_lock:
                 segment.records += len(new)
                 if finished:
@@ -553,51 +589,21 @@ class Spool:
             found.extend(new)
         return found
 
-    def _adopt_next(self, may_scan: bool) -> Optional[Segment]:
-        """Lock and map the next file whose writer is gone; None if there is none (for now)."""
-        now = time.monotonic()
-        if not self._adopting:
-            if not may_scan or (self._scanned_at is not None and now - self._scanned_at < self._scan_interval):
-                return None
-            self._scanned_at = now
-            self._adopting = self._orphan_candidates()
-        while self._adopting:
-            segment = self._adopt(self._adopting.pop(0))
-            if segment is not None:
-                return segment
-        return None
-
-    def _orphan_candidates(self) -> List[str]:
-        """Other writers' segment files, least recently written first; stale temporary files removed."""
-        try:
-            names = os.listdir(self.directory)
-        except OSError as error:
-            log.warning("spool %s cannot be read: %s", self.directory, error)
-            return []
+    def _adopt_next(self, may_scan: bool) -> Optional[Adopted]:
+        """Lock the next file whose writer is gone and whose messages are ours; None if there is none (for now)."""
         with self._ack_lock:
             open_paths = {segment.path for segment in self._segments.values()}
-        candidates: List[Tuple[float, str]] = []
-        for name in names:
-            path = os.path.join(self.directory, name)
-            if name.endswith(SUFFIX + ".tmp"):
-                remove_stale_temporary(path)
-            if not name.endswith(SUFFIX) or name.startswith(self._writer + "-") or path in open_paths:
-                continue
-            if path in self._passed_over:
-                continue
-            try:
-                candidates.append((os.stat(path).st_mtime, path))
-            except OSError:
-                continue
-        return [path for _, path in sorted(candidates)]
-
-    def _adopt(self, path: str) -> Optional[Segment]:
-        locked = lock_orphan(self.directory, path, self._owner, self._passed_over)
-        if locked is None:
+        taken = self._orphans.take(may_scan, self._writer, open_paths)
+        if taken is None:
             return None
-        handle, memory, writer = locked
-        segment = Segment(path, handle, memory, next(self._keys), owned=False)
+        segment = Adopted(taken.path, taken.fd, taken.view, next(self._keys))
         with self._ack_lock:
             self._segments[segment.key] = segment
-        log.info("spool %s: adopted %s, written by process %d, which ended or closed it", self.directory, path, writer)
+        writer = f"process {taken.header.writer}" if taken.header is not None else "a process (its header is damaged)"
+        log.info("spool %s: adopted %s, written by %s, which ended or closed it", self.directory, taken.path, writer)
         return segment
+
+
+def _left(segment: Segment) -> int:
+    """Records of ``segment`` not acknowledged, but those that have a copy in another file."""
+    return max(0, segment.records - segment.acked - len(segment.moved or ()))

@@ -9,6 +9,17 @@ thread shuts down the socket of a request past its deadline), at most
 ``ANSWER_LIMIT`` bytes of an answer are read, and nothing the server sends back
 is passed on or logged with the write key in it.
 
+Retries follow one schedule per batch: steps of ``retry_wait`` doubling, each at most ``MAX_WAIT``;
+at most ``max_retries`` steps and ``max_retry_time`` seconds. An answer asking for a retry (5xx, 408,
+429) waits out a step, full-jittered, or its ``Retry-After``: a step per try. A failure with no answer
+(connection refused or reset, a timeout) says nothing of Vitally's load, only that it is not back
+yet: its step lasts half to all of its length (jittered), the batch is tried again every 0.5 to 1 s
+(``NO_ANSWER_WAIT``) within it, and only a new step counts against ``max_retries``. So delivery
+resumes within about a second of Vitally's return, a refused connection does not use up
+``max_retries`` in seconds (with the defaults, ``max_retry_time`` ends the batch first: ten steps
+last 75 s at least), and a refusal that comes at once (loopback) does not spin: within a step each
+wait is half a second at least, or the rest of the step.
+
 This module decides (retries, pauses, splitting, errors) and picks each thread's lane; the rest
 of the package, each module importing only those listed after it:
 
@@ -26,6 +37,7 @@ import gzip
 import logging
 import math
 import platform
+import random
 import socket
 import threading
 import time
@@ -59,6 +71,9 @@ SPLIT_STATUSES = frozenset({400, 413})
 """Answers to a batch that may be caused by only some of its messages."""
 MAX_WAIT = 30.0
 """No single wait between tries is longer than this: a longer Retry-After is capped to it."""
+NO_ANSWER_WAIT = 1.0
+"""After a failure with no answer (refused, reset, timed out), the next try comes within this many
+seconds (jittered over its second half): how long the client may stay idle once Vitally is back."""
 AUTH_PAUSE = 60.0
 """After a 401, batches fail without a request for this many seconds."""
 
@@ -233,9 +248,12 @@ class Transport:
         body = ("[" + ",".join(items) + "]").encode()
         if settings.gzip:
             body = gzip.compress(body, compresslevel=6)
-        waits = backoff.expo(factor=settings.retry_wait, max_value=MAX_WAIT)
-        next(waits)
-        deadline = time.monotonic() + settings.max_retry_time
+        steps = backoff.expo(factor=settings.retry_wait, max_value=MAX_WAIT)
+        next(steps)
+        started = time.monotonic()
+        deadline = started + settings.max_retry_time
+        taken = 0  # steps of the schedule begun: what max_retries bounds
+        step_end = 0.0  # a failure with no answer before this is retried within the current step
         tries = 0
         while True:
             if self._paused_until:
@@ -250,16 +268,29 @@ class Transport:
             tries += 1
             if self._aborted.is_set():
                 raise _given_up(error, "not retried: the client is shutting down")
+            now = time.monotonic()
             retry_after = error.retry_after
-            wait = min(retry_after, MAX_WAIT) if retry_after is not None else backoff.full_jitter(next(waits))
-            client_wide = error.status == 429 or retry_after is not None
+            client_wide = False
+            if error.status is None:  # no answer, so nobody asked to slow down: look again soon
+                if now >= deadline:
+                    why = f"gave up after {tries} tries in {now - started:.1f}s"
+                    raise _given_up(error, f"{why}: max_retry_time={settings.max_retry_time}s")
+                if now >= step_end:  # the schedule's step is over: the next one begins, and counts
+                    taken += 1
+                    step_end = now + random.uniform(0.5, 1.0) * next(steps)
+                wait = min(random.uniform(NO_ANSWER_WAIT / 2, NO_ANSWER_WAIT), step_end - now, deadline - now)
+            else:
+                taken += 1
+                step_end = 0.0
+                wait = min(retry_after, MAX_WAIT) if retry_after is not None else backoff.full_jitter(next(steps))
+                client_wide = error.status == 429 or retry_after is not None
             if client_wide:  # Vitally asked the whole client to slow down: no thread sends before it passes
                 with self._lock:
-                    self._paused_until = max(self._paused_until, time.monotonic() + wait)
+                    self._paused_until = max(self._paused_until, now + wait)
                     self._pause_status = error.status
-            if tries > settings.max_retries:
+            if taken > settings.max_retries:
                 raise _given_up(error, f"gave up after {tries} tries")
-            if time.monotonic() + wait > deadline:
+            if now + wait > deadline:
                 raise _given_up(
                     error, f"gave up: waiting {wait:.1f}s more would pass max_retry_time={settings.max_retry_time}s"
                 )
@@ -369,4 +400,4 @@ class Transport:
         return f"{type(exception).__name__}: {self._redact.text(exception)}"
 
 
-__all__ = ["ANSWER_LIMIT", "MAX_WAIT", "Transport", "retry_after_seconds"]
+__all__ = ["ANSWER_LIMIT", "MAX_WAIT", "NO_ANSWER_WAIT", "Transport", "retry_after_seconds"]
