@@ -2,6 +2,7 @@
 
     python bench/ab.py --a ab9ff69                 # that revision against the working tree
     python bench/ab.py --a v1 --b v2 --reps 10 --scenarios call,loopback
+    python bench/ab.py --a 05608b2 --spool         # both sides writing to a spool (ours + spool)
 
 On a shared VM the speed of the whole machine drifts by tens of percent within minutes, so two
 separate ``bench/run.py`` runs cannot tell a 5 % change from noise. Here each round measures A then
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from rig import ReceiverControl, snapshot_library, start_receiver
-from run import OURS, SCENARIOS, run_measurement, wait_for_quiet
+from run import OURS, OURS_SPOOL, SCENARIOS, run_measurement, wait_for_quiet
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,6 +54,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--scenarios", default="call,loopback", help="names from bench/run.py's SCENARIOS")
     parser.add_argument("--b-otel", action="store_true", help="B with OpenTelemetry metrics instrumented")
+    parser.add_argument("--spool", action="store_true", help="both sides with a spool (a fresh directory per run)")
     args = parser.parse_args()
     chosen = [scenario for scenario in SCENARIOS if scenario.name in args.scenarios.split(",")]
     keys = {"call": "call_us", "loopback": "messages_per_second"}
@@ -73,7 +75,8 @@ def main() -> None:
                     for side in order:
                         wait_for_quiet(lambda text: print(text, file=sys.stderr))
                         flags = ["--otel"] if side == "B" and args.b_otel else []
-                        result = run_measurement(port, OURS, args.calls, scenario, libraries[side], flags)
+                        client = OURS_SPOOL if args.spool else OURS
+                        result = run_measurement(port, client, args.calls, scenario, libraries[side], flags)
                         value = float(result[keys.get(scenario.name, "call_us")])
                         found[scenario.name][side].append(value)
                         if scenario.name in extra:
@@ -83,7 +86,7 @@ def main() -> None:
             del control
             receiver.terminate()
             receiver.wait(10)
-    instrumented = " with metrics instrumented" if args.b_otel else ""
+    instrumented = (" with metrics instrumented" if args.b_otel else "") + (", both with a spool" if args.spool else "")
     print(f"A = {args.a}, B = {args.b}{instrumented}; {args.reps} rounds of {args.calls:,} calls, A and B alternating")
     rows = [(s.name, "msg/s" if s.name == "loopback" else "µs per call (wall)") for s in chosen]
     rows += [(f"{s.name}+", extra[s.name][1]) for s in chosen if s.name in extra]
