@@ -294,16 +294,22 @@ class Client:
                 raise found[0]
         if self._before_send is not None:
             return self._through_hook(message)
-        return self._dispatch(self._encode(message, name)), message
+        data = encode(message, name)  # (as _encode does, inline: the hot path saves a call)
+        if len(data) > self._max_message_bytes:
+            raise self._too_big(data)
+        return self._dispatch(data), message
 
     def _encode(self, message: Message, name: Callable[[str], str]) -> str:
         data = encode(message, name)
         if len(data) > self._max_message_bytes:
-            raise InvalidMessageError(
-                "message",
-                f"is {len(data)} bytes as JSON, more than max_batch_bytes={self.settings.max_batch_bytes} allows",
-            )
+            raise self._too_big(data)
         return data
+
+    def _too_big(self, data: str) -> InvalidMessageError:
+        return InvalidMessageError(
+            "message",
+            f"is {len(data)} bytes as JSON, more than max_batch_bytes={self.settings.max_batch_bytes} allows",
+        )
 
     def _through_hook(self, message: Message) -> Result:
         """``before_send`` sees the checked message; what it returns is checked again, encoded and queued.

@@ -122,6 +122,8 @@ class Sender(Protocol):
 
     def abort(self) -> None: ...
 
+    def stop_retrying(self, why: str) -> None: ...
+
 
 class Delivery(Protocol):
     """What a worker hands its batches to. The worker never looks inside an entry.
@@ -132,6 +134,11 @@ class Delivery(Protocol):
       (a connection per thread is made ready and closed); ``release()`` also runs on the thread
       calling ``shutdown()``, whose connection sync_mode may have opened.
     - ``abort()``: time is running out at exit: stop retrying and end requests in flight.
+    - ``stop_retrying()``: each batch gets one try from now on (too many dropped clients retry at once).
+    - ``let_go()``: the client was dropped (its worker delivers what is queued, then retires the
+      delivery). True if the delivery keeps every entry elsewhere (on disk): it then gives each batch
+      one try, and the worker ends at the first batch that fails for a reason that may pass, leaving
+      the rest where it is, for a later process; False: retries go on within their bounds.
     - ``retire()``: the worker is done with it for now (its client was dropped and its threads
       ended, or the exit drain ended). True if entries not delivered are kept elsewhere (on
       disk), so none is lost with the process.
@@ -144,6 +151,10 @@ class Delivery(Protocol):
     def release(self) -> None: ...
 
     def abort(self) -> None: ...
+
+    def stop_retrying(self, why: str) -> None: ...
+
+    def let_go(self) -> bool: ...
 
     def retire(self) -> bool: ...
 
@@ -192,6 +203,7 @@ class Reporting:
         self.get_ready = sender.get_ready
         self.release = sender.release
         self.abort = sender.abort
+        self.stop_retrying = sender.stop_retrying
 
     def deliver(self, batch: List[str]) -> Outcome:
         outcome = self._sender.deliver(batch)
@@ -199,6 +211,9 @@ class Reporting:
             outcome.failed += failure.count
             report(self._on_error, failure.error, batch[failure.start : failure.stop])
         return outcome
+
+    def let_go(self) -> bool:
+        return False  # only memory holds these messages: they are tried for as long as the settings allow
 
     def retire(self) -> bool:
         return False  # nothing is kept: what was not delivered was reported or is counted lost

@@ -15,6 +15,9 @@ A client with ``spool=DIR`` queues through ``Durable`` instead of straight into 
 - ``deliver`` (the worker's ``Delivery``): the transport posts the messages and says, by position,
   which failed and why; delivered ones leave the spool, refused ones (a 4xx: trying again cannot
   help) go to the dead letters and to ``on_error``, and the rest stay on disk for a later try.
+- ``let_go`` (the client was dropped): a batch gets one try, and the worker stops at the first
+  that fails for a reason that may pass, so a dropped client holds no thread, socket or file
+  through an outage: its messages are on disk.
 - ``retire``: the spool's files are closed; what is left is for a later process.
 
 ``send_leftovers`` does the same without a worker, for ``analytics-vitally spool --send``.
@@ -27,13 +30,13 @@ import logging
 import threading
 import time
 from array import array
-from typing import Any, List, Optional, Set, Tuple
+from typing import Any, List, Optional, Sequence, Set, Tuple
 
 from .delivery import Outcome, Sender, report
 from .messages import MAX_BATCH_MESSAGES
 from .settings import ErrorCallback, Settings
 from .spool import Spool, Token
-from .transport import Transport
+from .transport import NO_ANSWER_WAIT, Transport
 from .worker import Worker
 
 log = logging.getLogger("analytics_vitally")
@@ -56,6 +59,7 @@ class Durable:
         self.get_ready = sender.get_ready
         self.release = sender.release
         self.abort = sender.abort
+        self.stop_retrying = sender.stop_retrying
         self._forget_put_aside()
         self.worker = Worker(self, settings, feed=self)
 
@@ -162,6 +166,10 @@ class Durable:
         settle(self.spool, batch, outcome, self._on_error)
         return outcome
 
+    def let_go(self) -> bool:
+        self._sender.stop_retrying("the client was dropped, and its messages stay in its spool for a later process")
+        return True
+
     def retire(self) -> bool:
         self.spool.close()  # what is left stays on disk for a later process (the spool logs how many)
         return True
@@ -171,13 +179,17 @@ def settle(spool: Spool, batch: List[Entry], outcome: Outcome, on_error: Optiona
     """After the transport delivered ``batch``'s messages: each leaves the spool or stays, by position.
 
     Delivered messages leave it; refused ones leave it for the dead letters and are reported (and
-    counted in ``outcome.failed``); the others stay for a later try, with a WARNING.
+    counted in ``outcome.failed``); the others stay for a later try, with a WARNING: in a second
+    (``NO_ANSWER_WAIT``) when Vitally did not answer (it is down or unreachable: the read-back resumes
+    as soon as it is back, as the transport's tries do), else after its Retry-After or the spool's
+    ``retry_delay``.
     """
     failure_at: List[Optional[int]] = [None] * len(batch)
     for index, failure in enumerate(outcome.failures):
         failure_at[failure.start : failure.stop] = [index] * failure.count
     done: List[Token] = []
     later: List[Token] = []
+    soon: List[Token] = []
     dead: List[str] = []
     for (message, token), number in zip(batch, failure_at):
         if number is None:
@@ -185,9 +197,11 @@ def settle(spool: Spool, batch: List[Entry], outcome: Outcome, on_error: Optiona
         elif outcome.failures[number].refused:
             done.append(token)
             dead.append(message)
+        elif outcome.failures[number].error.status is None:
+            soon.append(token)
         else:
             later.append(token)
-    _record(spool, batch, done, later, dead)
+    _record(spool, batch, done, later, dead, soon)
     for failure in outcome.failures:
         if failure.refused:
             outcome.failed += failure.count
@@ -198,13 +212,17 @@ def settle(spool: Spool, batch: List[Entry], outcome: Outcome, on_error: Optiona
             )
 
 
-def _record(spool: Spool, batch: List[Entry], done: List[Token], later: List[Token], dead: List[str]) -> None:
+def _record(
+    spool: Spool, batch: List[Entry], done: List[Token], later: List[Token], dead: List[str], soon: Sequence[Token] = ()
+) -> None:
     try:
         if dead:
             spool.dead_letter(dead)
         spool.acknowledge(done)
         if later:
             spool.retry_later(later)
+        if soon:
+            spool.retry_later(soon, delay=NO_ANSWER_WAIT)
     except Exception:  # the messages stay in the spool: at worst they are sent again, never lost
         log.exception("the spool could not record what became of %d message(s)", len(batch))
 

@@ -3,7 +3,9 @@
 - The registry. Every worker, transport and spool is known here weakly; a worker with threads
   running is also held strongly, so messages queued in a client that nobody references any
   more are still delivered (the worker ends its threads and releases the client's connections
-  and spool files once they are). ``hold`` and ``let_go`` mark that.
+  and spool files once they are). ``hold`` and ``let_go`` mark that. A dropped client whose
+  messages are all in a spool ends at its first failed try (a later process sends them); at most
+  ``MAX_DROPPED_RETRYING`` dropped clients without one retry at once (``dropped``).
 - Fork. One ``os.register_at_fork`` hook for the package, and a pid check (``check_fork``, on
   every message call) for forks that skip the hooks (uWSGI forks its workers from C). Both run
   ``after_fork``, which resets, in this order: the process's identity (its pid, and the source
@@ -15,8 +17,8 @@
 - Green threads. ``PerProcess`` objects are also made again once gevent or eventlet has
   patched ``threading`` (so importing this package before ``patch_all()`` is fine); workers and
   transports check ``patched_since`` where their threads start and make their locks again.
-- The end. ``atexit`` runs the exit drain: every worker delivers within the largest
-  ``exit_timeout``; what can be neither delivered nor reported is counted in an ERROR line.
+- The end. ``atexit`` runs the exit drain: every worker delivers within its ``exit_timeout``, all
+  at once against one plan; what can be neither delivered nor reported is counted in an ERROR line.
   A child of ``multiprocessing`` (fork, spawn or forkserver; ``Process`` or ``Pool``) leaves
   through ``os._exit`` after multiprocessing's finalizers, so the same drain is registered there
   as a finalizer. A SIGTERM with its default action would skip both: ``drain_on_sigterm`` sets
@@ -37,7 +39,8 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, Generic, List, Optional, Protocol, Set, Tuple, TypeVar
+from collections import deque
+from typing import Any, Callable, Deque, Dict, Generic, List, Optional, Protocol, Set, Tuple, TypeVar
 
 log = logging.getLogger("analytics_vitally")
 
@@ -139,9 +142,17 @@ class Worker(Resettable, Protocol):
 
     exit_timeout: float
 
-    def close(self, timeout: float) -> int: ...
+    def stop(self) -> None: ...
+
+    def drained(self, deadline: float) -> bool: ...
+
+    def abort(self) -> None: ...
+
+    def finish(self) -> int: ...
 
     def send_now(self) -> None: ...
+
+    def hurry(self) -> None: ...
 
     def stats(self) -> Any: ...
 
@@ -194,6 +205,24 @@ def let_go(worker: Worker) -> None:
     _held.discard(worker)
 
 
+MAX_DROPPED_RETRYING = 50
+"""Dropped clients without a spool that may retry at once; past it the oldest one ``hurry()``s: its
+batches get one more try each, then go to ``on_error``, and its thread ends."""
+_dropped: Deque[Worker] = deque()
+
+
+def dropped(worker: Worker) -> None:
+    """``worker``'s client was dropped with messages only in memory: it retries them within its
+    bounds, unless ``MAX_DROPPED_RETRYING`` others do already. (Runs in a garbage collection: no lock.)"""
+    _dropped.append(worker)
+    for _ in range(len(_dropped)):  # forget those whose threads ended
+        oldest = _dropped.popleft()
+        if oldest in _held:
+            _dropped.append(oldest)
+    while len(_dropped) > MAX_DROPPED_RETRYING:
+        _dropped.popleft().hurry()
+
+
 # Fork. ----------------------------------------------------------------------------------
 
 _fork_hooks: List[Callable[[], None]] = []
@@ -221,6 +250,7 @@ def after_fork() -> None:
         reset()
     message_ids.seed()
     _held.clear()  # the parent's threads do not exist here
+    _dropped.clear()
     for worker in list(_workers):
         worker.reset_after_fork()
     for transport in list(_transports):
@@ -234,7 +264,13 @@ def after_fork() -> None:
 
 
 def drain_at_exit() -> None:
-    """Deliver what every worker holds, within the largest exit_timeout; report or count the rest.
+    """Deliver what every worker holds, each within its ``exit_timeout``; report or count the rest.
+
+    The workers are planned together, so ten clients get what one would: all stop at once and
+    deliver in parallel; when a quarter of a worker's ``exit_timeout`` (at most a second) is left
+    and it is not done, its delivery is aborted (no more retries, requests in flight ended: each
+    batch fails at once and goes to ``on_error``), and the rest of the time goes to reporting.
+    Only then is what is still undelivered and unreported counted, once, in an ERROR line.
 
     Runs at exit, in a multiprocessing child as a finalizer, and wherever else a process ends
     normally; a second run finds nothing left.
@@ -243,17 +279,37 @@ def drain_at_exit() -> None:
     workers = list(_workers)
     if not workers:
         return
-    deadline = time.monotonic() + max(worker.exit_timeout for worker in workers)
-    for worker in workers:
-        lost = worker.close(max(0.0, deadline - time.monotonic()))
+    lost = close_together([(worker, worker.exit_timeout) for worker in workers])
+    if lost:
+        log.error(
+            "%d message(s) not delivered at exit and not reported to on_error within exit_timeout=%ss: "
+            "they are lost",
+            lost,
+            max(worker.exit_timeout for worker in workers),
+        )
+
+
+def close_together(timeouts: List[Tuple[Worker, float]]) -> int:
+    """Close each worker within its timeout, all at once (the plan ``drain_at_exit`` describes);
+    how many entries were neither delivered, reported, nor kept elsewhere."""
+    start = time.monotonic()
+    plan = [(worker, start + timeout, start + timeout - min(1.0, timeout / 4)) for worker, timeout in timeouts]
+    for worker, _, _ in plan:
+        worker.stop()
+    done: Dict[int, bool] = {}
+    for worker, _, abort_at in sorted(plan, key=lambda planned: planned[2]):
+        done[id(worker)] = worker.drained(abort_at)
+        if not done[id(worker)]:
+            worker.abort()
+    for worker, deadline, _ in sorted(plan, key=lambda planned: planned[1]):
+        if not done[id(worker)]:
+            done[id(worker)] = worker.drained(deadline)
+    lost = 0
+    for worker, _, _ in plan:
+        left = worker.finish()
         _held.discard(worker)
-        if lost:
-            log.error(
-                "%d message(s) not delivered at exit and not reported to on_error within exit_timeout=%ss: "
-                "they are lost",
-                lost,
-                worker.exit_timeout,
-            )
+        lost += 0 if done[id(worker)] else left
+    return lost
 
 
 _EXIT_PRIORITY = 20
@@ -317,7 +373,9 @@ __all__ = [
     "after_fork",
     "arrange_child_drain",
     "check_fork",
+    "close_together",
     "drain_at_exit",
+    "dropped",
     "exiting",
     "green",
     "hold",

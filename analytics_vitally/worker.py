@@ -85,6 +85,9 @@ class Worker:
         """Past this many queued messages a caller yields the GIL now and then (``_make_room``)."""
         self._thread_count = settings.thread
         self._retired = False
+        self._kept_elsewhere = False
+        """The client was dropped and the delivery keeps every entry elsewhere: the first batch that fails
+        for a reason that may pass ends the threads (``_give_up``)."""
         self._reset()
         self._unread = feed is not None
         """The feed's backlog is still being read into the queue: flush() waits for it. (Not ``_backlog``,
@@ -117,6 +120,12 @@ class Worker:
         self._drops_unlogged = 0
         self._drop_logged_at = -DROP_LOG_INTERVAL
 
+    def hurry(self) -> None:
+        """Too many dropped clients are retrying: each batch left gets one more try, then goes to ``on_error``."""
+        self._delivery.stop_retrying(
+            f"the client was dropped, and more than {lifecycle.MAX_DROPPED_RETRYING} dropped clients were retrying"
+        )
+
     def reset_after_fork(self) -> None:
         """In a forked child: a fresh queue, lock and threads; the parent's messages stay the parent's."""
         self._reset()
@@ -126,13 +135,18 @@ class Worker:
 
     def retire(self) -> None:
         """The client is gone: deliver what is queued (and the feed's backlog), then end the threads
-        and retire the delivery (its connections and files). Returns at once; safe from a
-        garbage collection."""
+        and retire the delivery (its connections and files). A delivery that keeps every entry
+        elsewhere (``let_go``: on disk) ends it sooner: at the first batch that fails for a reason
+        that may pass, the threads leave the rest where it is (``_give_up``). Returns at once; safe
+        from a garbage collection."""
         with self._cond:
             self._retired = True
             if self._threads:
                 self._stopping = True
+                self._kept_elsewhere = self._delivery.let_go()
                 self._cond.notify_all()
+                if not self._kept_elsewhere:
+                    lifecycle.dropped(self)  # memory-only: it retries, but only so many at once
                 return
         self._delivery.retire()
 
@@ -288,25 +302,42 @@ class Worker:
         self._delivery.release()  # sync_mode delivered on this thread: its connection ends here too
         return drained
 
-    def close(self, timeout: float) -> int:
-        """The exit drain: deliver within ``timeout``, then refuse new messages for good.
+    # The exit drain (``lifecycle.drain_at_exit`` plans every worker's together). ---------
 
-        When a quarter of ``timeout`` (at most a second) is left and entries are still
-        undelivered, the delivery's ``abort()`` is called (it stops retrying and ends requests
-        in flight, so each batch fails at once and is reported), and the rest of the time goes
-        to reporting. Then the delivery is retired. Returns how many entries were neither
-        delivered, reported, nor kept elsewhere by the delivery (on disk, for a later process).
-        """
-        deadline = time.monotonic() + timeout
-        reserve = min(1.0, timeout / 4)
-        done = self.shutdown(max(0.0, timeout - reserve))
-        if not done:
-            self._delivery.abort()
-            # Batches now fail without a request. One more thread reports them, in case every
-            # worker thread is stuck (in a request that could not be ended, or in on_error).
-            with self._cond:
-                self._start_locked(extra=1)
-            done = self.shutdown(max(0.0, deadline - time.monotonic()))
+    def stop(self) -> None:
+        """The exit drain begins: deliver what is queued without waiting for the interval, then end the
+        threads. Returns at once, so every worker of the process drains at the same time."""
+        with self._cond:
+            self._stopping = True
+            self._flush_to = max(self._flush_to, self._taken + len(self._pending))
+            if self._pending or self._unread or self._set_aside():
+                self._start_locked()  # (a worker whose threads ended while idle has none)
+            self._cond.notify_all()
+
+    def drained(self, deadline: float) -> bool:
+        """Wait until everything queued is delivered or reported, or until ``deadline`` (monotonic)."""
+        if self._on_worker_thread("the exit drain"):
+            return False
+        return self._wait_for(self._taken + len(self._pending), deadline)
+
+    def abort(self) -> None:
+        """Time is running out at exit: the delivery stops retrying and ends its requests in flight, so
+        each batch fails at once and is reported. One more thread reports them, in case every worker
+        thread is stuck (in a request that could not be ended, or in on_error)."""
+        self._delivery.abort()
+        with self._cond:
+            self._start_locked(extra=1)
+
+    def close(self, timeout: float) -> int:
+        """The exit drain of this worker alone: deliver within ``timeout``, report what cannot be, then
+        refuse new messages for good. Returns how many entries were neither delivered, reported, nor
+        kept elsewhere by the delivery (on disk, for a later process)."""
+        return lifecycle.close_together([(self, timeout)])
+
+    def finish(self) -> int:
+        """The exit drain ended: refuse new messages for good and retire the delivery. Returns how many
+        entries were neither delivered, reported, nor kept elsewhere by the delivery (on disk, for a
+        later process): those still queued or in flight now, after every report had its time."""
         with self._cond:
             self._closed = True
             self._capacity = 0
@@ -314,7 +345,7 @@ class Worker:
             self._pending.clear()
         if self._delivery.retire():  # what is left is kept for a later process (the delivery logs how many)
             return 0
-        return 0 if done else left
+        return left
 
     def _on_worker_thread(self, call: str) -> bool:
         if threading.current_thread() in self._threads:
@@ -541,7 +572,22 @@ class Worker:
             with self._cond:
                 del self._in_flight[start]
                 self._record(outcome)
+                if self._kept_elsewhere and any(not failure.refused for failure in outcome.failures):
+                    self._give_up()
                 self._cond.notify_all()
+
+    def _give_up(self) -> None:
+        """A dropped client's batch failed and all its entries are kept elsewhere (lock held): forget the
+        queue and the feed's backlog, refuse new entries, and let the threads end (each leaves after
+        its batch in flight), so the client holds no thread, connection or file through an outage."""
+        self._closed = True
+        self._capacity = 0
+        self._pending.clear()
+        self._unread = False
+        self._aside_back = self._aside
+        log.info(
+            "a dropped client's delivery failed: its undelivered messages stay in its spool for a later process"
+        )
 
     def _record(self, outcome: Outcome) -> None:
         totals.get().add(sent=outcome.sent, failed=outcome.failed, retried=outcome.retried)

@@ -40,6 +40,9 @@ class ScriptedSender:
     def abort(self) -> None:
         self.aborted = True
 
+    def stop_retrying(self, why: str) -> None:
+        pass
+
 
 def message(i: int) -> str:
     return json.dumps({"type": "track", "userId": "u", "event": "e", "messageId": f"m-{i}"})

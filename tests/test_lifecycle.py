@@ -161,6 +161,53 @@ def test_at_exit_what_cannot_be_reported_in_time_is_counted_exactly(silent_port:
     assert "250 message(s) not delivered at exit" in done.stderr
 
 
+MANY_CLIENTS_SCRIPT = """
+    import json, sys, threading, time
+    from analytics_vitally import Client
+
+    lock = threading.Lock()
+
+    def on_error(error, messages):
+        if messages[0]["properties"]["slow"]:
+            time.sleep(60)  # an on_error that cannot finish in time: its messages are counted as lost
+        with lock:
+            sys.stdout.write(json.dumps([m["messageId"] for m in messages]) + "\\n")
+            sys.stdout.flush()
+
+    clients = [Client({token!r}, host="http://127.0.0.1:{port}", exit_timeout=2, timeout=30, retry_wait=0.05,
+                      upload_size=100, on_error=on_error) for _ in range(10)]
+    for number, client in enumerate(clients):
+        for i in range({each}):
+            client.track("u", "e", {{"i": i, "slow": number < {slow}}})
+"""
+
+
+@pytest.mark.parametrize("server", ["never answers", "down"])
+def test_ten_clients_at_exit_share_the_exit_timeout_and_every_message_is_reported(
+    server: str, silent_port: int, closed_port: int
+) -> None:
+    port = silent_port if server == "never answers" else closed_port
+    started = time.monotonic()
+    done = run_script(MANY_CLIENTS_SCRIPT.format(token=TOKEN, port=port, each=1000, slow=0))
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr[-2000:]
+    reported = [i for line in done.stdout.splitlines() for i in json.loads(line)]
+    assert len(reported) == 10_000, done.stderr[-2000:]  # was 4,900 to 5,100: later clients got no time
+    assert len(set(reported)) == 10_000
+    assert "lost" not in done.stderr  # was 5,800 logged as lost, some of them reported after all
+    assert took < 2 + 3  # exit_timeout plus the interpreter's start and end
+
+
+def test_ten_clients_at_exit_count_exactly_what_was_neither_delivered_nor_reported(closed_port: int) -> None:
+    done = run_script(MANY_CLIENTS_SCRIPT.format(token=TOKEN, port=closed_port, each=300, slow=4))
+    assert done.returncode == 0, done.stderr[-2000:]
+    reported = [i for line in done.stdout.splitlines() for i in json.loads(line)]
+    assert len(reported) == 6 * 300, done.stderr[-2000:]
+    lost_lines = [line for line in done.stderr.splitlines() if "they are lost" in line]
+    assert len(lost_lines) == 1, done.stderr[-2000:]  # one line for the process, not one per client
+    assert "1200 message(s) not delivered at exit" in lost_lines[0]
+
+
 def test_a_call_after_the_exit_drain_is_refused_and_counted(receiver: Receiver) -> None:
     done = run_script(
         f"""
@@ -283,3 +330,72 @@ def test_sync_mode_connections_are_closed_by_shutdown_and_never_left_to_the_coll
         assert len(server.messages) == 6
     unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
     assert [text for text in unclosed if f", {port})" in text] == []
+
+
+DROPPED_CLIENTS_SCRIPT = """
+    import gc, os, resource, sys, threading, time
+    from analytics_vitally import Client
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))  # as under `ulimit -n 1024`
+    fds = lambda: len(os.listdir("/proc/self/fd"))
+    before_fds, before_threads = fds(), threading.active_count()
+    reported = []
+    peak_fds, peak_threads = 0, 0
+    for n in range(300):
+        spool = {{"spool": os.path.join({base!r}, f"s{{n}}")}} if {spool} else {{}}
+        client = Client({token!r}, host="http://127.0.0.1:{port}", exit_timeout=1,
+                        on_error=lambda error, messages: reported.extend(str(error) for _ in messages), **spool)
+        client.track("u", "e", {{"n": n}})
+        del client
+        peak_fds = max(peak_fds, fds() - before_fds)
+    gc.collect()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # until the dropped clients settle (or 30 s)
+        peak_fds = max(peak_fds, fds() - before_fds)
+        peak_threads = max(peak_threads, threading.active_count() - before_threads)
+        if threading.active_count() - before_threads <= {settled_threads}:
+            break
+        time.sleep(0.02)
+    open(os.devnull).close()  # the app's own open() still works
+    print(fds() - before_fds, threading.active_count() - before_threads, peak_fds, len(reported), flush=True)
+    print(sorted(set(reported))[:1], flush=True)
+"""
+
+
+def test_dropped_clients_with_a_spool_let_go_of_threads_and_files_at_their_first_failed_try(
+    closed_port: int, tmp_path: Any
+) -> None:
+    done = run_script(
+        DROPPED_CLIENTS_SCRIPT.format(token=TOKEN, port=closed_port, base=str(tmp_path), spool=True, settled_threads=1)
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    fds, threads, peak_fds, reported = (int(value) for value in done.stdout.split("\n")[0].split())
+    assert peak_fds < 50 and fds < 50, done.stdout  # was 602: each kept its thread and spool files for 60 s
+    assert threads <= 1, done.stdout  # the request deadlines' watchdog may remain
+    assert reported == 0  # nothing failed for good: every message waits in its spool
+    assert "they are lost" not in done.stderr
+    # Vitally is back: a later process sends what they left.
+    from analytics_vitally.durable import send_leftovers
+
+    with Receiver(TOKEN, port=closed_port) as receiver:
+        host = f"http://127.0.0.1:{closed_port}"
+        sent = sum(send_leftovers(str(tmp_path / f"s{n}"), write_key=TOKEN, host=host)[0] for n in range(300))
+        assert sent == 300
+        assert sorted(m["properties"]["n"] for m in receiver.messages) == list(range(300))
+
+
+def test_at_most_50_dropped_clients_without_a_spool_retry_at_once(closed_port: int) -> None:
+    from analytics_vitally.lifecycle import MAX_DROPPED_RETRYING
+
+    done = run_script(
+        DROPPED_CLIENTS_SCRIPT.format(
+            token=TOKEN, port=closed_port, base="", spool=False, settled_threads=MAX_DROPPED_RETRYING + 1
+        )
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    counts, reasons = done.stdout.split("\n")[:2]
+    _, threads, _, reported = (int(value) for value in counts.split())
+    assert threads <= MAX_DROPPED_RETRYING + 1, done.stdout  # was 300 threads retrying for 60 s
+    assert reported == 300 - MAX_DROPPED_RETRYING  # the oldest were tried once more, then reported
+    assert "more than 50 dropped clients were retrying" in reasons
+    assert "they are lost" not in done.stderr  # the last 50 are reported by the exit drain

@@ -228,7 +228,7 @@ class FakeTime:
     def monotonic(self) -> float:
         return self.now
 
-    # The transport's abort flag (a threading.Event): what the waits between tries call.
+    # The transport's wake-up flag (a threading.Event): what the waits between tries call.
     def wait(self, timeout: Optional[float] = None) -> bool:
         assert timeout is not None and timeout >= 0
         self.waits.append(timeout)
@@ -255,7 +255,7 @@ def deliver_on_fake_time(port: int, monkeypatch: pytest.MonkeyPatch, **settings:
     clock = FakeTime()
     monkeypatch.setattr(transport_module, "time", SimpleNamespace(monotonic=clock.monotonic))
     transport = Transport(Settings(write_key=TOKEN, host=f"http://127.0.0.1:{port}", **settings).resolved())
-    transport._aborted = clock  # type: ignore[assignment]
+    transport._wake = clock  # type: ignore[assignment]
     message = json.dumps({"type": "track", "userId": "u", "event": "e", "properties": {}, "messageId": "m-0"})
     try:
         outcome = transport.deliver([message])
@@ -293,3 +293,25 @@ def test_max_retries_still_bounds_the_schedule_of_a_refused_connection(
 def test_max_retries_zero_still_means_one_try(closed_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
     clock, why = deliver_on_fake_time(closed_port, monkeypatch, max_retries=0)
     assert clock.waits == [] and "gave up after 1 tries" in why
+
+
+def test_the_spool_read_back_resumes_within_two_seconds_after_batches_gave_up(tmp_path: Any) -> None:
+    """An outage longer than ``max_retry_time``: the batches go back to the spool, and are read back
+    and sent within two seconds of the server's return (was the spool's retry_delay: 30 s)."""
+    server = Refusing()
+    client = Client(TOKEN, host=server.url, spool=str(tmp_path / "spool"), max_retry_time=0.5, upload_interval=0.1)
+    try:
+        server.down()
+        for i in range(300):
+            assert client.track("u", "e", {"i": i})[0]
+        time.sleep(OUTAGE)  # six times max_retry_time: every batch gave up and went back to the spool
+        server.up()
+        returned = time.monotonic()
+        assert server.receiver.wait_for(1, timeout=40)
+        recovered = time.monotonic() - returned
+        assert recovered <= RECOVERY_BOUND, f"the spool's messages left {recovered:.1f}s after the server's return"
+        assert server.receiver.wait_for(300, timeout=30)
+        assert sorted(m["properties"]["i"] for m in server.receiver.messages) == list(range(300))
+    finally:
+        client.shutdown(timeout=2)
+        server.stop()

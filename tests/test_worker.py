@@ -26,6 +26,7 @@ class Recorder:
         self.threads: List[threading.Thread] = []
         self.aborted: List[bool] = []
         self.retired: List[bool] = []
+        self.stopped_retrying: List[str] = []
         self.keeps = False
         """What ``retire()`` answers: whether undelivered entries are kept elsewhere."""
         self.ready: List[threading.Thread] = []
@@ -51,6 +52,12 @@ class Recorder:
 
     def abort(self) -> None:
         self.aborted.append(True)
+
+    def stop_retrying(self, why: str) -> None:
+        self.stopped_retrying.append(why)
+
+    def let_go(self) -> bool:
+        return self.keeps
 
     def retire(self) -> bool:
         self.retired.append(True)

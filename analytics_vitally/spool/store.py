@@ -374,9 +374,9 @@ class Spool(Relocation):
 
     def retry_later(self, tokens: Iterable[Token], delay: Optional[float] = None) -> None:
         """Records whose delivery failed in a way that may pass: ``recover()`` offers them again
-        ``delay`` seconds from now (default ``retry_delay``; 0 also suits a record that was
-        spooled but found no room in a full queue)."""
-        due = time.monotonic() + (self._retry_delay if delay is None else delay)
+        ``delay`` seconds from now, at most ``retry_delay`` (its default; 0 also suits a record that
+        was spooled but found no room in a full queue)."""
+        due = time.monotonic() + (self._retry_delay if delay is None else min(delay, self._retry_delay))
         with self._ack_lock:
             for token in tokens:
                 heapq.heappush(self._retry, (due, token))

@@ -165,6 +165,8 @@ class Transport:
         self._made_with = lifecycle.threading_kind()
         self._local = threading.local()
         self._aborted = threading.Event()
+        self._why_one_try = ""  # stop_retrying() ran: why
+        self._wake = threading.Event()  # set by abort() and stop_retrying(): a wait between tries ends
         self._lock = threading.Lock()  # guards retries and _paused_until
         self._auth_paused_until = 0.0
         self._paused_until = 0.0  # no request before this (a 429 or a Retry-After), for every thread
@@ -172,14 +174,11 @@ class Transport:
         self.retries = 0
 
     def _refresh_locks(self) -> None:
-        """Make the lock, the abort flag and the per-thread connections again with patched ``threading``."""
-        aborted = self._aborted.is_set()
+        """Make the lock, the flags and the per-thread connections again with patched ``threading``."""
         self._made_with = lifecycle.threading_kind()
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._aborted = threading.Event()
-        if aborted:
-            self._aborted.set()
+        self._aborted, self._wake = _remade(self._aborted), _remade(self._wake)
 
     def get_ready(self) -> None:
         """On a worker thread as it starts: under gevent or eventlet, look up Vitally's addresses now.
@@ -210,7 +209,14 @@ class Transport:
     def abort(self) -> None:
         """Stop waiting between retries and end requests in flight; what is undelivered fails at once."""
         self._aborted.set()
+        self._wake.set()
         watchdog.get().fire_all(self)
+
+    def stop_retrying(self, why: str) -> None:
+        """From now on a batch gets one try: a failed one is not tried again (``why`` says why in its
+        error), and a wait for another try ends now. Requests in flight go on."""
+        self._why_one_try = why
+        self._wake.set()
 
     def deliver(self, items: List[str]) -> Outcome:
         """Post encoded messages as one batch (splitting it if Vitally rejects some); never raises.
@@ -266,8 +272,8 @@ class Transport:
             if error.status is not None and error.status not in RETRY_STATUSES:
                 raise error
             tries += 1
-            if self._aborted.is_set():
-                raise _given_up(error, "not retried: the client is shutting down")
+            if self._wake.is_set():
+                raise _given_up(error, self._why_not_retried())
             now = time.monotonic()
             retry_after = error.retry_after
             client_wide = False
@@ -300,12 +306,17 @@ class Transport:
             log.debug("retrying a batch of %d in %.2fs after: %s", len(items), wait, error)
             if client_wide:
                 continue  # the pause is waited out before the next request
-            if self._aborted.wait(wait):
-                raise _given_up(error, "not retried: the client is shutting down")
+            if self._wake.wait(wait):
+                raise _given_up(error, self._why_not_retried())
+
+    def _why_not_retried(self) -> str:
+        if self._aborted.is_set():
+            return "not retried: the client is shutting down"
+        return f"not retried: {self._why_one_try}"
 
     def _wait_out_pause(self, deadline: float) -> None:
-        """Wait until the client-wide pause (a 429 or a Retry-After) is over, unless aborted."""
-        while not self._aborted.is_set():
+        """Wait until the client-wide pause (a 429 or a Retry-After) is over, unless aborted or retries stopped."""
+        while not self._wake.is_set():
             left = self._paused_until - time.monotonic()
             if left <= 0:
                 return
@@ -315,7 +326,7 @@ class Transport:
                     f"which would pass max_retry_time={self._settings.max_retry_time}s",
                     self._pause_status,
                 )
-            self._aborted.wait(left)
+            self._wake.wait(left)
 
     def _post(self, body: bytes, count: int) -> None:
         """One request: returns if Vitally accepted it, else raises ``DeliveryError``.
@@ -398,6 +409,14 @@ class Transport:
                 return "the client shut down during the request"
             return f"timed out after {self._settings.timeout}s"
         return f"{type(exception).__name__}: {self._redact.text(exception)}"
+
+
+def _remade(flag: threading.Event) -> threading.Event:
+    """A new ``threading.Event`` (made with patched ``threading``), set if ``flag`` is."""
+    made = threading.Event()
+    if flag.is_set():
+        made.set()
+    return made
 
 
 __all__ = ["ANSWER_LIMIT", "MAX_WAIT", "NO_ANSWER_WAIT", "Transport", "retry_after_seconds"]
