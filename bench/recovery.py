@@ -2,6 +2,7 @@
 
     python bench/recovery.py                 # 10 outages of 10 s at 1,000 calls/s: about 3 minutes
     python bench/recovery.py -n 3 --outage 3 --kind reset
+    python bench/recovery.py --spool --max-retry-time 3   # batches give up in each outage: read back from disk
 
 A Receiver on 127.0.0.1 goes away for ``--outage`` seconds, ``-n`` times, while one thread makes
 ``--rate`` track calls a second through a Client with its default settings. ``refused`` (the
@@ -10,7 +11,9 @@ listens on the same port; ``reset``: the server accepts each connection, reads t
 resets it unanswered. For each outage it prints the recovery (seconds from the server's return to
 its first accepted batch) and the catch-up (until the queue is back under one batch); then the
 worst and the median recovery, the longest wait between two requests, the calls refused (queue
-full), and whether every accepted call arrived exactly once. Only 127.0.0.1 is contacted.
+full), and whether every accepted call arrived exactly once. ``--spool`` gives the client a spool in
+a temporary directory; with ``--max-retry-time`` shorter than the outage, batches give up during it
+and go back to the spool, so the recovery is the spool's read-back. Only 127.0.0.1 is contacted.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -109,7 +113,10 @@ def main() -> None:
     parser.add_argument("--up", type=float, default=5.0, help="seconds up between outages, at least (default 5)")
     parser.add_argument("--rate", type=float, default=1000.0, help="calls a second (default 1000)")
     parser.add_argument("--kind", choices=["refused", "reset"], default="refused")
+    parser.add_argument("--spool", action="store_true", help="the client with a spool (a temporary directory)")
+    parser.add_argument("--max-retry-time", type=float, default=60.0, help="the client's (default 60)")
     options = parser.parse_args()
+    spool = tempfile.mkdtemp(prefix="recovery-spool-") if options.spool else None
 
     requests: List[Tuple[float, float]] = []  # (start, end) of every request
 
@@ -120,11 +127,18 @@ def main() -> None:
     request_observers.append(observe)
     server = Server(options.kind)
     errors: List[Exception] = []
-    client = Client(TOKEN, host=f"http://127.0.0.1:{server.port}", on_error=lambda error, _: errors.append(error))
+    client = Client(
+        TOKEN,
+        host=f"http://127.0.0.1:{server.port}",
+        on_error=lambda error, _: errors.append(error),
+        spool=spool,
+        max_retry_time=options.max_retry_time,
+    )
     tracker = Tracker(client, options.rate)
     recoveries: List[float] = []
     time.sleep(options.up)
-    print(f"{options.n} outages of {options.outage:g} s ({options.kind}) at {options.rate:g} calls/s", flush=True)
+    shape = f"{options.kind}{', spool' if spool else ''}, max_retry_time={options.max_retry_time:g}"
+    print(f"{options.n} outages of {options.outage:g} s ({shape}) at {options.rate:g} calls/s", flush=True)
     for number in range(1, options.n + 1):
         server.down()
         time.sleep(options.outage)
@@ -144,6 +158,10 @@ def main() -> None:
         time.sleep(max(0.0, returned + options.up - time.monotonic()))
     tracker.stop()
     flushed = client.flush(timeout=60)
+    if spool:  # batches that went back to the spool are not in the queue flush() waits for
+        deadline = time.monotonic() + 60
+        while not set(tracker.accepted) <= set(server.message_ids()) and time.monotonic() < deadline:
+            time.sleep(0.1)
     client.shutdown(timeout=5)
     server.receiver.stop()
     request_observers.remove(observe)
