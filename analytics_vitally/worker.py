@@ -299,6 +299,9 @@ class Worker:
         later = [] if drained else [thread for thread in self._threads if thread not in stopping]
         for thread in stopping + later:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        with self._cond:
+            if not self._threads:  # (a thread that ran resets it as it leaves; this covers none having run)
+                self._stopping = False  # the next message starts threads that batch as usual
         self._delivery.release()  # sync_mode delivered on this thread: its connection ends here too
         return drained
 

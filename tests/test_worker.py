@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
 
@@ -387,3 +387,15 @@ def test_callers_yield_the_gil_only_once_the_queue_is_half_full(
     monkeypatch.undo()
     assert 30 <= len(yields) <= 1_900 and set(yields) <= {0.0, 1e-6}
     deliver.gate.set()
+
+
+def test_a_client_shut_down_before_its_first_message_still_batches(make_client: Any, receiver: Any) -> None:
+    client = make_client(upload_interval=60, upload_size=100)
+    assert client.shutdown(timeout=5)  # no thread ever ran: nothing to stop
+    client.track("u", "e")
+    assert not receiver.wait_for(1, timeout=0.5)  # due after 60 s or a flush (was sent at once: "stopping")
+    for i in range(49):
+        client.track("u", "e", {"i": i})
+    assert client.flush(timeout=10)
+    assert receiver.wait_for(50)
+    assert len(receiver.requests) == 1
