@@ -13,7 +13,7 @@ default client again. Setting a name that is no setting raises AttributeError
 naming the closest one. Settings left as None fall back to
 ``VITALLY_WRITE_KEY``, ``VITALLY_SUBDOMAIN``, ``VITALLY_HOST`` and
 ``VITALLY_SPOOL``. The settings (module attributes, and ``Client`` keyword
-arguments; the README's "Settings" table says what each does):
+arguments; docs/guides/settings.md says what each does):
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from typing import Concatenate, ParamSpec, TypeVar
 
     from .aio import AsyncClient
+    from .diagnosis import doctor
     from .integrations import flush_after
 
     P = ParamSpec("P")
@@ -140,7 +141,7 @@ enqueue = _proxy(Client.enqueue)
 def flush(timeout: Optional[float] = None) -> bool:
     """Wait until every message queued so far was sent or failed; False if ``timeout`` passed first.
 
-    analytics.flush(timeout=5)
+        analytics.flush(timeout=5)
     """
     return default.flush(timeout)
 
@@ -148,7 +149,7 @@ def flush(timeout: Optional[float] = None) -> bool:
 def shutdown(timeout: Optional[float] = None) -> bool:
     """Deliver what is queued and stop the default client's threads; False if ``timeout`` passed first.
 
-    analytics.shutdown(timeout=5)
+        analytics.shutdown(timeout=5)
     """
     client = default.client
     return True if client is None else client.shutdown(timeout)
@@ -157,7 +158,7 @@ def shutdown(timeout: Optional[float] = None) -> bool:
 def join() -> None:
     """Deliver what is queued and stop the default client's threads.
 
-    analytics.join()
+        analytics.join()
     """
     shutdown()
 
@@ -165,7 +166,7 @@ def join() -> None:
 def stats() -> Stats:
     """The default client's counters (all zero before the first call).
 
-    analytics.stats().sent
+        analytics.stats().sent
     """
     client = default.client
     return Stats() if client is None else client.stats()
@@ -196,11 +197,16 @@ def _warn_late(name: str) -> None:
 
 
 def __getattr__(name: str) -> Any:
-    """``AsyncClient`` and ``flush_after`` need asyncio: loaded at first use, not with the package."""
+    """``AsyncClient`` and ``flush_after`` need asyncio, ``doctor`` its checks: loaded at first use, not with
+    the package."""
     if name == "AsyncClient":
         from .aio import AsyncClient
 
         return AsyncClient
+    if name == "doctor":
+        from .diagnosis import doctor
+
+        return doctor
     if name == "flush_after":
         from .integrations import flush_after
 
@@ -230,6 +236,7 @@ __all__ = [
     "context",
     "custom_object_instance",
     "default_client",
+    "doctor",
     "enqueue",
     "flush",
     "flush_after",

@@ -65,6 +65,7 @@ class AsyncClient:
 
     @property
     def settings(self) -> Settings:
+        """The settings in force (as ``Client.settings``), environment fallbacks resolved."""
         return self._client.settings
 
     @property
@@ -97,7 +98,7 @@ class AsyncClient:
     async def shutdown(self, timeout: Optional[float] = None) -> bool:
         """Deliver what is queued and stop the worker threads, waiting off the loop; as ``Client.shutdown``.
 
-        await client.shutdown(timeout=5)
+            await client.shutdown(timeout=5)
         """
         return await in_thread(lambda: self._client.shutdown(timeout))
 

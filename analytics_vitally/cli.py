@@ -3,11 +3,13 @@
     analytics-vitally import --subdomain acme events.jsonl     # the token in VITALLY_WRITE_KEY
     analytics-vitally import --dry-run events.jsonl            # check every line, send nothing
     analytics-vitally serve --save received.jsonl              # a local stand-in for Vitally
+    analytics-vitally doctor                                   # why is nothing arriving?
 
 ``import`` is a shell around ``analytics_vitally.importer`` (the engine, and its
 Python API): it parses the options, shows progress and rejected lines on standard
 error, turns Ctrl-C and SIGTERM into ``Importer.stop()``, and prints the summary.
-``serve`` runs ``analytics_vitally.testing.Receiver`` until Ctrl-C.
+``serve`` runs ``analytics_vitally.testing.Receiver`` until Ctrl-C. ``doctor`` prints
+``analytics_vitally.diagnosis``'s report and exits 0 only when a message would be delivered.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from types import FrameType
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .console import ConsoleOutput
+from .diagnosis import TEST_EVENT, TEST_USER, from_command_line
 from .durable import send_leftovers
 from .errors import ConfigurationError
 from .importer import (
@@ -42,10 +45,9 @@ from .importer import (
 )
 from .settings import Settings
 from .spool import DEAD_LETTER
-from .spool import Left as SpoolLeft
 from .spool import inspect as inspect_spool
 from .spool import rekey as rekey_spool
-from .spool.format import OTHER_DESTINATION, OTHER_ENDPOINT, OTHER_KEY
+from .spool.report import LEFT_ORDER, left_text
 from .version import VERSION
 
 DEFAULT_PORT = 8765
@@ -60,6 +62,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _serve(args)
         if args.command == "spool":
             return _spool(args)
+        if args.command == "doctor":
+            return _doctor(args)
         return _import(args)
     except ConfigurationError as error:
         option = "workers" if error.setting == "thread" else error.setting.replace("_", "-")
@@ -101,7 +105,8 @@ _rate.__name__ = "number"  # argparse names the type in "invalid number value"
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="analytics-vitally",
-        description="Import JSON Lines into Vitally's Analytics API, or run a local stand-in for it.",
+        description="Import JSON Lines into Vitally's Analytics API, check why nothing arrives, or run a local "
+        "stand-in for it.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -186,6 +191,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     _target_options(command)
     command.add_argument("-v", "--verbose", action="store_true", help="log every request to standard error")
+
+    command = commands.add_parser(
+        "doctor",
+        help="check end to end that a message would reach Vitally, and say what stops it",
+        description="Check the settings (and where each came from), the endpoint, the proxy, DNS, TCP, TLS, "
+        "whether Vitally accepts the write key (one empty batch, which creates no data) and the spool; print "
+        "plain text to paste into a support ticket (never the write key). Exit code 0 only when a message would "
+        "be delivered; 1 otherwise; 2 on a usage error.",
+    )
+    _target_options(command)
+    command.add_argument("--spool", metavar="DIR", help="the spool directory to check (default: $VITALLY_SPOOL)")
+    command.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="for each connection and request (default: 10)"
+    )
+    command.add_argument(
+        "--send-test",
+        action="store_true",
+        help=f"also send one real track event, {TEST_EVENT!r}, and say whether Vitally accepted it",
+    )
+    command.add_argument(
+        "--test-user", default=TEST_USER, metavar="ID", help=f"the test event's userId (default: {TEST_USER})"
+    )
     return parser
 
 
@@ -348,6 +375,18 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# doctor -------------------------------------------------------------------------------
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    given = {name: getattr(args, name) for name in ("write_key", "subdomain", "host", "spool", "timeout")}
+    logging.getLogger("analytics_vitally").setLevel(logging.CRITICAL)  # every finding is in the report
+    given = {name: value for name, value in given.items() if value is not None}
+    report = from_command_line(given, args.send_test, args.test_user)
+    print(report.text(), end="", flush=True)
+    return report.exit_code
+
+
 # spool --------------------------------------------------------------------------------
 
 
@@ -379,41 +418,15 @@ def _spool(args: argparse.Namespace) -> int:
         return 1
     print(f"sent {sent}, refused {refused} (written to {os.path.join(args.directory, DEAD_LETTER)})")
     left = inspect_spool(args.directory).left(chosen.fingerprint, chosen.url)
-    for why in sorted(left, key=_LEFT_ORDER.index):  # one line each: `spool --send DIR && rm -rf DIR` loses none
-        said = _left_text(args.directory, why, left[why], chosen.fingerprint)
+    for why in sorted(left, key=LEFT_ORDER.index):  # one line each: `spool --send DIR && rm -rf DIR` loses none
+        said = left_text(args.directory, why, left[why], chosen.fingerprint)
         print(f"left in {args.directory}: {said}", file=sys.stderr)
     return 1 if refused or left else 0
-
-
-_LEFT_ORDER = ["running", OTHER_KEY, OTHER_ENDPOINT, OTHER_DESTINATION, "damaged", "dead letters"]
 
 
 class _NotLeftAlone(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not getattr(record, "spool_left_alone", False)
-
-
-def _left_text(directory: str, why: str, left: SpoolLeft, mine: str) -> str:
-    """Why ``spool --send`` left these messages, and what sends them."""
-    count = f"{left.messages} message(s) in {left.files} file(s)"
-    listed = ", ".join(f"{messages} for {owner}" for owner, messages in sorted(left.owners.items()))
-    if why == "dead letters":
-        path = os.path.join(directory, DEAD_LETTER)
-        return f"{left.messages} dead letter(s) in {path}, refused by Vitally: fix them, then analytics-vitally import"
-    if why == "running":
-        return f"{count} held by processes still running: they send them"
-    if why == "damaged":
-        return f"{count} whose header is damaged: whose they are is unknown, so they are not sent with this key"
-    if why == OTHER_KEY:
-        return (
-            f"{count} written for this endpoint under another write key ({listed}; this one is {mine}): add "
-            "--rekey to send them with this key"
-        )
-    other = "another endpoint" if why == OTHER_ENDPOINT else "another write key or endpoint (not recorded which)"
-    return (
-        f"{count} for {other} ({listed}; this one is {mine}): never sent with this key; run spool --send with "
-        "their write key and host"
-    )
 
 
 __all__ = ["main"]

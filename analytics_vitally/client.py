@@ -26,6 +26,7 @@ from .worker import DROP_LOG_INTERVAL, Worker
 log = logging.getLogger("analytics_vitally")
 
 Message = Dict[str, Any]
+"""A message as a dict: Vitally's wire field names (``userId``, ``traits``...) and ``type``."""
 Result = Tuple[bool, Message]
 """``(queued, message)``: whether the message was accepted, and the message dict that was checked and
 encoded (wire field names; values inside traits and properties as given, such as a Decimal)."""
@@ -38,7 +39,7 @@ class Client:
         client.track("32", "scored-goal", {"minute": 14})
         client.flush()
 
-    Settings are keyword arguments, the fields of ``Settings`` (see the README).
+    Settings are keyword arguments, the fields of ``Settings`` (each one: docs/guides/settings.md).
     Every method checks its message at once and raises ``InvalidMessageError``
     (a ``ValueError``) or ``InvalidTypeError`` (a ``TypeError``) naming the bad
     parameter; nothing is queued then.
@@ -108,7 +109,7 @@ class Client:
     ) -> Result:
         """Send an ``organization`` message: create or update an organization's traits.
 
-        client.organization("org-1", {"name": "World Cup"})
+            client.organization("org-1", {"name": "World Cup"})
         """
         return self._submit(
             {"type": "organization", "organizationId": organization_id, "traits": _or_empty(traits)},
@@ -128,7 +129,7 @@ class Client:
     ) -> Result:
         """Send an ``account`` message: create or update an account, optionally in an organization.
 
-        client.group("acct-1", {"name": "Argentina"}, organization_id="org-1")
+            client.group("acct-1", {"name": "Argentina"}, organization_id="org-1")
         """
         return self._submit(
             {
@@ -154,7 +155,7 @@ class Client:
     ) -> Result:
         """Send a ``user`` message: a user's traits, and the account or organization they belong to.
 
-        client.identify("32", {"name": "Lionel Messi"}, account_id="acct-1")
+            client.identify("32", {"name": "Lionel Messi"}, account_id="acct-1")
         """
         return self._submit(
             {
@@ -182,8 +183,8 @@ class Client:
     ) -> Result:
         """Send a ``track`` message: an event a user (or an account, or an organization) did.
 
-        client.track("32", "scored-goal", {"minute": 14})
-        client.track(None, "plan-renewed", account_id="acct-1")
+            client.track("32", "scored-goal", {"minute": 14})
+            client.track(None, "plan-renewed", account_id="acct-1")
         """
         return self._submit(
             {
@@ -209,7 +210,7 @@ class Client:
     ) -> Result:
         """Send an ``unlink`` message: remove a user from an account.
 
-        client.unlink("32", "acct-1")
+            client.unlink("32", "acct-1")
         """
         return self._submit(
             {"type": "unlink", "userId": user_id, "accountId": account_id}, timestamp, message_id, ()
@@ -229,7 +230,7 @@ class Client:
     ) -> Result:
         """Send a ``customobjectinstance`` message: a record of a custom object (a deal, say).
 
-        client.custom_object_instance("deal-9", "co-123", {"stage": "won"}, name="Q1", account_id="acct-1")
+            client.custom_object_instance("deal-9", "co-123", {"stage": "won"}, name="Q1", account_id="acct-1")
         """
         return self._submit(
             {
@@ -369,7 +370,7 @@ class Client:
     def send_now(self) -> None:
         """Start sending everything queued so far, without waiting for it (as if upload_interval had passed).
 
-        client.send_now()   # a burst is ready: send it as one batch now
+            client.send_now()   # a burst is ready: send it as one batch now
         """
         self._worker.send_now()
 

@@ -43,7 +43,8 @@ _SUBDOMAIN = re.compile(r"[A-Za-z0-9-]+\Z")
 
 @dataclass
 class Settings:
-    """A client's settings; see the README's "Settings" table for each one."""
+    """A client's settings, each a ``Client`` keyword argument and a module attribute; docs/guides/settings.md
+    says what each one does."""
 
     write_key: Optional[str] = field(default=None, repr=False)
     subdomain: Optional[str] = None

@@ -120,9 +120,11 @@ class Receiver:
 
     @property
     def port(self) -> int:
+        """The port it listens on (the one given, or the free one picked for ``port=0``)."""
         return int(self._server.server_address[1])
 
     def start(self) -> Receiver:
+        """Start answering on a daemon thread; returns the receiver (``with Receiver()`` calls it)."""
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.05,), name="vitally-receiver", daemon=True
         )
@@ -130,6 +132,7 @@ class Receiver:
         return self
 
     def stop(self) -> None:
+        """Stop answering and close the listening socket (the end of a ``with`` block calls it)."""
         self._server.shutdown()
         self._server.server_close()
 
@@ -262,6 +265,7 @@ class Captured:
         self.messages.clear()
 
     def assert_nothing_sent(self) -> None:
+        """AssertionError listing what was sent, if anything was."""
         assert not self.messages, f"expected nothing sent; sent:\n{self._shown()}"
 
     def assert_tracked(self, event: str, **fields: Any) -> Dict[str, Any]:

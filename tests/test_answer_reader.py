@@ -122,7 +122,7 @@ def test_an_answer_cut_in_its_status_line_or_headers_is_retried_then_reported(cu
 
 @pytest.mark.parametrize("cut", range(len(HEAD), len(VALID) + 1))
 def test_a_2xx_cut_in_its_body_counts_as_accepted_and_is_not_sent_again(cuts: Cuts, cut: int) -> None:
-    # The body rule (README, "Answers are read 4 KB at most"): a 2xx whose head arrived whole was
+    # The body rule (docs/reliability.md, "Answers are read 4 KB at most"): a 2xx whose head arrived whole was
     # accepted; only the rest of its answer got lost.
     assert cuts.each[cut].error is None and cuts.each[cut].requests == 1
 

@@ -1,6 +1,7 @@
-"""Every ```python block of the README is complete as pasted: it compiles, names nothing undefined
-(pyflakes), and, unless an HTML comment right above it says ``not run``, runs in a fresh interpreter
-against a local receiver (the environment points the library at it)."""
+"""Every ```python block of the README and of the documentation (docs/**/*.md) is complete as pasted:
+it compiles, names nothing undefined (pyflakes), and, unless an HTML comment right above it says
+``not run``, runs in a fresh interpreter against a local receiver (the environment points the library
+at it)."""
 
 from __future__ import annotations
 
@@ -18,21 +19,26 @@ from pyflakes import messages as flakes
 
 from analytics_vitally.testing import Receiver, Reply, Request
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("**/*.md"))
 BLOCK = re.compile(r"(?:^(<!--[^\n]*-->)\n)?^```python\n(.*?)^```", re.S | re.M)
 
 
-def blocks() -> List[Tuple[int, str, bool]]:
-    """``(line, code, run)`` for each python block of the README."""
-    text = README.read_text()
+def blocks(page: Path) -> List[Tuple[str, str, bool]]:
+    """``(where, code, run)`` for each python block of ``page``, ``where`` being ``path:line``."""
+    text = page.read_text(encoding="utf-8")
     found = []
     for match in BLOCK.finditer(text):
         line = text.count("\n", 0, match.start(2)) + 1
-        found.append((line, match.group(2), not (match.group(1) or "").startswith("<!-- not run")))
+        where = f"{page.relative_to(ROOT).as_posix()}:{line}"
+        found.append((where, match.group(2), not (match.group(1) or "").startswith("<!-- not run")))
     return found
 
 
-BLOCKS = blocks()
+README_BLOCKS = blocks(README)
+DOCS_BLOCKS = [block for page in DOCS for block in blocks(page)]
+BLOCKS = README_BLOCKS + DOCS_BLOCKS
 
 DELIVERS: Dict[str, int] = {
     'analytics.organization("org-1"': 6,  # the quickstart: one message of each type
@@ -41,11 +47,11 @@ DELIVERS: Dict[str, int] = {
     'AsyncClient("my-token", subdomain="acme")': 1,
     "import analytics_vitally.segment as analytics   # was": 3,  # held identify, then group: account + user, track
 }
-"""Blocks that send, by a line they hold: how many messages reach the receiver."""
+"""Blocks that send, by a line they hold: how many messages reach the receiver (the others send none)."""
 
 
 class AnyKey(Receiver):
-    """The local receiver, taking whatever write key a README example uses ("...", "my-token")."""
+    """The local receiver, taking whatever write key an example uses ("...", "my-token")."""
 
     def answer(self, request: Request) -> Reply:
         self.token = request.headers.get("authorization", "")[len("Basic ") :]
@@ -58,20 +64,19 @@ def receiver() -> Iterator[Receiver]:
         yield running
 
 
-def test_the_readme_has_python_blocks_and_each_sending_one_is_known() -> None:
-    assert len(BLOCKS) >= 15
+def test_the_readme_and_the_docs_have_python_blocks_and_each_sending_one_is_known() -> None:
+    assert len(README_BLOCKS) >= 2  # the quickstart, Segment's
+    assert len(DOCS) >= 20 and len(DOCS_BLOCKS) >= 20
     for line in DELIVERS:
-        assert sum(line in code for _, code, run in BLOCKS if run) == 1, line
+        assert any(line in code for _, code, run in DOCS_BLOCKS if run), line  # each is run somewhere
 
 
-@pytest.mark.parametrize("line,code,run", BLOCKS, ids=[f"README.md:{line}" for line, _, _ in BLOCKS])
-def test_a_readme_block_is_complete_as_pasted(
-    line: int, code: str, run: bool, receiver: Receiver, tmp_path: Path
-) -> None:
-    tree = ast.parse(code, f"README.md:{line}")  # a SyntaxError fails here
+@pytest.mark.parametrize("where,code,run", BLOCKS, ids=[where for where, _, _ in BLOCKS])
+def test_a_block_is_complete_as_pasted(where: str, code: str, run: bool, receiver: Receiver, tmp_path: Path) -> None:
+    tree = ast.parse(code, where)  # a SyntaxError fails here
     undefined = [
         str(message)
-        for message in checker.Checker(tree, filename=f"README.md:{line}").messages
+        for message in checker.Checker(tree, filename=where).messages
         if isinstance(message, (flakes.UndefinedName, flakes.UndefinedLocal, flakes.UndefinedExport))
     ]
     assert undefined == []

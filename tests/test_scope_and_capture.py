@@ -248,7 +248,7 @@ def test_configure_inside_capture_is_captured_and_the_module_is_put_back(
     original = module_api.configure()
     before = module_settings()
     with capture() as sent:
-        made = [module_api.configure()]  # the README's FastAPI lifespan
+        made = [module_api.configure()]  # the FastAPI recipe's lifespan (docs/guides/frameworks.md)
         module_api.track("32", "from-lifespan")
         made.append(module_api.configure(write_key=TOKEN, host=receiver.url, upload_size=7, sync_mode=True))
         module_api.track("32", "explicitly-configured")

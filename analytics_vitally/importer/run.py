@@ -23,7 +23,9 @@ from .sources import Source, open_input, sources_from
 from .state import ResumeState, destination_of
 
 DEFAULT_STATE = "analytics-vitally-state.json"
+"""Where progress is saved unless ``state`` (``--state``) says otherwise: in the current directory."""
 DEFAULT_REJECTS = "analytics-vitally-rejects.jsonl"
+"""Where rejected lines are written unless ``rejects`` (``--rejects``) says otherwise: in the current directory."""
 MAX_WORKERS = MAX_THREADS
 """``workers`` at most (the client's ``thread`` limit): at 200 ms per request, 64 requests in
 flight carry about 32,000 messages/s, more than the importer parses; more only loads Vitally."""

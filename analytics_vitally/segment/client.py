@@ -91,7 +91,7 @@ class Client:
     ) -> Result:
         """A ``track`` of the user; ``context["groupId"]`` becomes its account.
 
-        client.track("32", "scored-goal", {"minute": 14}, context={"groupId": "acct-1"})
+            client.track("32", "scored-goal", {"minute": 14}, context={"groupId": "acct-1"})
         """
         if context is None and integrations is None and message_id is None and user_id.__class__ is str and user_id:
             try:  # the common call, quickly; a refused one goes the long way, to be cleaned or named
@@ -128,7 +128,7 @@ class Client:
     ) -> Result:
         """A ``track`` named ``Viewed {category} {name} Page`` (``Loaded a Page`` without a name).
 
-        client.page("32", "Docs", "Install", {"path": "/docs/install"})
+            client.page("32", "Docs", "Install", {"path": "/docs/install"})
         """
         return self._view("page", user_id, category, name, properties, context, timestamp, anonymous_id,
                           integrations, message_id)  # fmt: skip
@@ -147,7 +147,7 @@ class Client:
     ) -> Result:
         """A ``track`` named ``Viewed {category} {name} Screen`` (``Loaded a Screen`` without a name).
 
-        client.screen("32", name="Settings")
+            client.screen("32", name="Settings")
         """
         return self._view("screen", user_id, category, name, properties, context, timestamp, anonymous_id,
                           integrations, message_id)  # fmt: skip
@@ -164,7 +164,7 @@ class Client:
     ) -> Result:
         """A ``user`` in the account of ``context["groupId"]`` or of the user's last ``group()``; else held.
 
-        client.identify("32", {"email": "messi@example.com"}, context={"groupId": "acct-1"})
+            client.identify("32", {"email": "messi@example.com"}, context={"groupId": "acct-1"})
         """
         traits = as_object("traits", traits)
         groups = as_object("context", context).get("groupId")
@@ -207,7 +207,7 @@ class Client:
     ) -> Result:
         """An ``account`` (group_id, traits) and a ``user`` linking the user to it.
 
-        client.group("32", "acct-1", {"name": "Argentina"})
+            client.group("32", "acct-1", {"name": "Argentina"})
         """
         traits = as_object("traits", traits)
         as_object("context", context)
@@ -254,7 +254,7 @@ class Client:
     ) -> Result:
         """Nothing is sent: Vitally keys users by your own ID (a warning, once per client).
 
-        client.alias("anonymous-7", "32")
+            client.alias("anonymous-7", "32")
         """
         for name, value in (("previous_id", previous_id), ("user_id", user_id)):
             if as_id(name, value) is None:

@@ -18,6 +18,9 @@ from .format import (
     DEAD_LETTER,
     DONE,
     MINE,
+    OTHER_DESTINATION,
+    OTHER_ENDPOINT,
+    OTHER_KEY,
     RECORDS_START,
     SUFFIX,
     FileHeader,
@@ -143,6 +146,34 @@ class SpoolReport:
                 f"  {file.name}: {file.pending} pending, {file.size:,} bytes, pid {file.writer}, {state}{where}{torn}"
             )
         return "\n".join(lines)
+
+
+LEFT_ORDER = ("running", OTHER_KEY, OTHER_ENDPOINT, OTHER_DESTINATION, "damaged", "dead letters")
+"""The reasons of ``SpoolReport.left``, in the order they are told."""
+
+
+def left_text(directory: str, why: str, left: Left, mine: str) -> str:
+    """Why ``spool --send`` leaves these messages (one of ``LEFT_ORDER``), and what sends them; ``mine`` is
+    the fingerprint of the destination it sends for."""
+    count = f"{left.messages} message(s) in {left.files} file(s)"
+    listed = ", ".join(f"{messages} for {owner}" for owner, messages in sorted(left.owners.items()))
+    if why == "dead letters":
+        path = os.path.join(directory, DEAD_LETTER)
+        return f"{left.messages} dead letter(s) in {path}, refused by Vitally: fix them, then analytics-vitally import"
+    if why == "running":
+        return f"{count} held by processes still running: they send them"
+    if why == "damaged":
+        return f"{count} whose header is damaged: whose they are is unknown, so they are not sent with this key"
+    if why == OTHER_KEY:
+        return (
+            f"{count} written for this endpoint under another write key ({listed}; this one is {mine}): add "
+            "--rekey to send them with this key"
+        )
+    other = "another endpoint" if why == OTHER_ENDPOINT else "another write key or endpoint (not recorded which)"
+    return (
+        f"{count} for {other} ({listed}; this one is {mine}): never sent with this key; run spool --send with "
+        "their write key and host"
+    )
 
 
 def inspect(directory: Union[str, os.PathLike[str]]) -> SpoolReport:

@@ -51,7 +51,7 @@ class DirectLane(ClosedWhenDropped):
         assert parsed.host is not None  # settings refuse a host without one
         self._host = parsed.host.strip("[]")  # an IPv6 literal without its brackets
         self._port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        self._tls = _tls_context(verify) if parsed.scheme == "https" else None
+        self._tls = tls_context(verify) if parsed.scheme == "https" else None
         netloc = parsed.host if parsed.port is None else f"{parsed.host}:{parsed.port}"
         lines = [f"POST {parsed.request_uri} HTTP/1.1", f"Host: {netloc}", "Accept-Encoding: identity"]
         lines += [f"{name}: {value}" for name, value in headers.items()]  # printable ASCII: settings checked them
@@ -241,7 +241,7 @@ def _connect_to(addresses: List[Address], timeout: float) -> socket.socket:
     raise error if error is not None else OSError("no address to connect to")
 
 
-def _tls_context(verify: Union[bool, str]) -> ssl.SSLContext:
+def tls_context(verify: Union[bool, str]) -> ssl.SSLContext:
     """A client TLS context checking certificates and host names against requests' CA bundle, or ``verify``'s.
 
     ``verify`` is what requests found in the environment: True, or the path of a CA bundle file or
@@ -255,4 +255,4 @@ def _tls_context(verify: Union[bool, str]) -> ssl.SSLContext:
     return context
 
 
-__all__ = ["Address", "DirectLane"]
+__all__ = ["Address", "DirectLane", "tls_context"]
