@@ -215,12 +215,15 @@ def dropped(worker: Worker) -> None:
     """``worker``'s client was dropped with messages only in memory: it retries them within its
     bounds, unless ``MAX_DROPPED_RETRYING`` others do already. (Runs in a garbage collection: no lock.)"""
     _dropped.append(worker)
-    for _ in range(len(_dropped)):  # forget those whose threads ended
-        oldest = _dropped.popleft()
-        if oldest in _held:
-            _dropped.append(oldest)
-    while len(_dropped) > MAX_DROPPED_RETRYING:
-        _dropped.popleft().hurry()
+    try:  # (another thread's collection may empty it meanwhile: popleft then raises IndexError)
+        for _ in range(len(_dropped)):  # forget those whose threads ended
+            oldest = _dropped.popleft()
+            if oldest in _held:
+                _dropped.append(oldest)
+        while len(_dropped) > MAX_DROPPED_RETRYING:
+            _dropped.popleft().hurry()
+    except IndexError:
+        pass
 
 
 # Fork. ----------------------------------------------------------------------------------
