@@ -181,8 +181,7 @@ def settle(spool: Spool, batch: List[Entry], outcome: Outcome, on_error: Optiona
     Delivered messages leave it; refused ones leave it for the dead letters and are reported (and
     counted in ``outcome.failed``); the others stay for a later try, with a WARNING: in a second
     (``NO_ANSWER_WAIT``) when Vitally did not answer (it is down or unreachable: the read-back resumes
-    as soon as it is back, as the transport's tries do), else after its Retry-After or the spool's
-    ``retry_delay``.
+    as soon as it is back, as the transport's tries do), else after the spool's ``retry_delay``.
     """
     failure_at: List[Optional[int]] = [None] * len(batch)
     for index, failure in enumerate(outcome.failures):
